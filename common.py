@@ -28,6 +28,8 @@ CLEANED_DIR = f"{WORK_DIR}/cleaned"  # data_preparation.py ->
 PACKED_DIR = f"{WORK_DIR}/packed"  # data_packaging.py ->
 MODELS_DIR = f"{WORK_DIR}/models"  # model_preparation.py -> MODELS_DIR/<name>
 RUNS_DIR = f"{WORK_DIR}/runs"  # model_training.py -> RUNS_DIR/<name>
+DEFAULT_MODEL_DIR = f"{MODELS_DIR}/smollm2-dus"  # model_preparation.py's default output
+DEFAULT_RUN_DIR = f"{RUNS_DIR}/smollm2-dus"  # model_training.py's default output
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("torch", "transformers", "datasets", "tokenizers", "pyarrow", "numpy", "fasttext-numpy2")
