@@ -237,3 +237,45 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_loss(model, dataset, batch_size: int, max_batches: int | None = None) -> dict:
+    """Mean next-token loss of `model` over packed blocks: {"loss", "perplexity", "tokens"}.
+
+    `dataset` holds equal-length blocks in an `input_ids` column (a `datasets.Dataset`, or anything
+    whose slices give {"input_ids": rows}). Every position but a block's first is predicted, so each
+    block of T tokens counts T - 1 predictions; the loss is the mean over all of them, whatever the
+    batch size. `max_batches` caps the work (the first max_batches * batch_size blocks).
+    """
+    import math
+
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(dataset), batch_size)
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    if len(starts) == 0:
+        raise UserError("evaluation: the dataset has no blocks")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for start in tqdm(starts, desc="evaluating", unit="batch", leave=False):
+                ids = torch.as_tensor(np.asarray(dataset[start : start + batch_size]["input_ids"]), dtype=torch.long)
+                ids = ids.to(device)
+                predicted = ids.shape[0] * (ids.shape[1] - 1)
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # mean over the shifted positions
+                total += loss.float().item() * predicted
+                tokens += predicted
+    finally:
+        model.train(was_training)
+    loss = total / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
