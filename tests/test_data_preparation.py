@@ -344,3 +344,16 @@ def test_sigkill_mid_run_leaves_no_output_and_rerun_completes(tmp_path):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert not list(tmp_path.glob(".out.*"))  # the killed run's temporary folder was cleared
     assert len(cleaned_rows(out)) == 60_000
+
+
+def test_bundled_sample_corpus_exercises_every_filter(tmp_path):
+    out, report = run_stage(tmp_path)  # all defaults: the sample corpus + 9 stdlib modules
+    by_name = {f["name"]: f["removed"] for f in report["filters"]}
+    assert by_name == {"paragraph_length": 10, "repetition": 12, "deduplication": 9, "language": 24}
+    assert report["filters"][1]["reasons"] == {"dup_paragraph_frac": 10, "dup_char_frac": 2}
+    kept = [r["doc_id"] for r in cleaned_rows(out)]
+    web = [i for i in kept if not i.startswith("code:")]
+    assert all(i.startswith(("clean-", "noisy-borderline-")) for i in web)
+    assert len(web) == 126 + 3 and len(kept) - len(web) == 9
+    words = [len(r["text"].split()) for r in cleaned_rows(out) if r["doc_id"].startswith("clean-")]
+    assert sum(words) / len(words) > 250
