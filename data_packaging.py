@@ -1,0 +1,320 @@
+"""Stage 2: cleaned Parquet -> token blocks: every document tokenized and wrapped in its boundary
+tokens, the train and validation documents concatenated and chopped into blocks of BLOCK_SIZE.
+
+    python data_packaging.py                                  # work/cleaned -> work/packed
+    python data_packaging.py --block_size 2048 --tokenizer mistral-32k --overwrite
+    python data_packaging.py --tokenizer path/to/model_folder_or.gguf_or.model
+
+What it does, in order:
+1. Split BY DOCUMENT, before packing, so no block mixes the two splits: a document is in
+   validation when its hash of (seed, doc_id) is among the smallest max(validation_fraction * N,
+   min_validation_documents) of the N documents. The choice depends only on the seed and the
+   doc_id, not on batch sizes or file order.
+2. Tokenize in batches with the fast (Rust) tokenizer, which spreads a batch over all cores.
+   Special-token text inside a document (say a literal "<|endoftext|>") stays text: only the
+   boundaries added here are boundary tokens.
+3. Each document becomes BOS + tokens + EOS with the tokenizer's document boundaries
+   (common.document_boundaries; for SmolLM2 both are <|endoftext|>, not the chat tokens its GGUF
+   reports, and one <|endoftext|> between two documents closes the one and opens the next; the
+   manifest records the choice). Each split's documents, in input order, are
+   concatenated and chopped into blocks with numpy, the remainder carried to the next batch; only
+   each split's final incomplete block is dropped (the manifest counts its tokens).
+4. Blocks stream into Parquet shards (train/packed-00000.parquet, ..., validation/...), an
+   `input_ids` column of int32 lists of exactly block_size, in bounded row groups; memory holds a
+   batch of documents and one row group per split, however large the corpus.
+
+manifest.json: block_size, seed, the tokenizer (common.tokenizer_info: name, vocab_size, boundary
+ids and tokens, the choice, fingerprint), and per split: documents, tokens (boundaries included),
+blocks, dropped_tokens, shards. Read the output with common.packed_dataset(folder, split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import (
+    CLEANED_DIR,
+    DEFAULT_BASE_MODEL,
+    PACKED_DIR,
+    UserError,
+    load_tokenizer,
+    parse_settings,
+    read_manifest,
+    run_main,
+    stage_output,
+    tokenizer_info,
+)
+
+STAGE = "data_packaging"
+SPLITS = ("train", "validation")
+
+
+@dataclass
+class Settings:
+    input_dir: str = field(default=CLEANED_DIR, metadata={"help": "Output folder of data_preparation.py."})
+    output_dir: str = field(default=PACKED_DIR, metadata={"help": "Where train/, validation/ and manifest.json go."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+    tokenizer: str = field(
+        default=DEFAULT_BASE_MODEL,
+        metadata={"help": "Keyword (smollm2-135m: the default base model's; mistral-32k), a Hugging Face model "
+                  "folder or hub id, a .gguf file or a SentencePiece .model file."},
+    )
+    block_size: int = field(default=32, metadata={"help": "Tokens per block (the seed's 32; 2048 for real runs)."})
+    validation_fraction: float = field(default=0.02, metadata={"help": "Share of documents held out for validation."})
+    min_validation_documents: int = field(default=10, metadata={"help": "Hold out at least this many documents."})
+    seed: int = field(default=42, metadata={"help": "Seed of the train/validation split."})
+    batch_size: int = field(default=1_000, metadata={"help": "Documents read and tokenized per batch."})
+    rows_per_shard: int = field(default=200_000, metadata={"help": "Blocks per output Parquet file."})
+    row_group_rows: int = field(default=10_000, metadata={"help": "Blocks per Parquet row group (bounds memory)."})
+
+
+# ----------------------------------------------------------------------------------------------
+# Input
+
+
+def cleaned_files(input_dir) -> tuple[dict, list[Path], int]:
+    """(manifest, Parquet files, number of documents) of a complete data_preparation output."""
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(input_dir, "data_preparation", hint="run data_preparation.py first")
+    files = sorted(Path(input_dir).glob("cleaned-*.parquet"))
+    if not files:
+        raise UserError(f"{input_dir}: no cleaned-*.parquet files; run data_preparation.py again")
+    documents = 0
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f)
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError...
+            raise UserError(f"{f}: not a readable Parquet file ({e})") from None
+        missing = {"text", "doc_id"} - set(meta.schema_arrow.names)
+        if missing:
+            raise UserError(f"{f}: no column {', '.join(sorted(missing))} (stage 1 writes text, source, doc_id)")
+        documents += meta.metadata.num_rows
+    if documents == 0:
+        raise UserError(f"{input_dir}: the cleaned data holds no documents (did every page fail a filter? see its report.json)")
+    return manifest, files, documents
+
+
+def read_batches(files: list[Path], batch_size: int):
+    """(file, first row, texts, doc_ids) batches; a null text or doc_id is an error naming the row."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for f in files:
+        row = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["text", "doc_id"]):
+            for column in ("text", "doc_id"):
+                nulls = batch.column(column).is_null()
+                if pc.any(nulls).as_py():
+                    first = row + pc.index(nulls, True).as_py()
+                    raise UserError(f"{f}: row {first} has no {column}")
+            yield f, row, batch.column("text").to_pylist(), batch.column("doc_id").to_pylist()
+            row += batch.num_rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The split
+
+
+def split_hashes(doc_ids, seed: int) -> np.ndarray:
+    """A uint64 per document from (seed, doc_id): the order in which documents go to validation."""
+    digests = b"".join(hashlib.blake2b(f"{seed}\0{d}".encode(), digest_size=8).digest() for d in doc_ids)
+    return np.frombuffer(digests, dtype="<u8")
+
+
+def validation_threshold(hashes: np.ndarray, fraction: float, min_documents: int) -> int:
+    """The largest hash that goes to validation: the smallest max(fraction * N, min_documents)
+    hashes do. A UserError when that leaves no document for training."""
+    n = len(hashes)
+    k = max(math.ceil(fraction * n), min_documents)
+    if k >= n:
+        raise UserError(
+            f"only {n} documents: holding out {k} for validation (validation_fraction={fraction}, "
+            f"min_validation_documents={min_documents}) leaves none for training; lower --min_validation_documents"
+        )
+    return int(np.partition(hashes, k - 1)[k - 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing
+
+
+def stream_start(bos_id: int, eos_id: int) -> np.ndarray:
+    """What a split's token stream starts with, before its first document."""
+    return np.array([bos_id] if bos_id == eos_id else [], np.int32)
+
+
+def document_stream(token_lists, bos_id: int, eos_id: int) -> np.ndarray:
+    """The documents' tokens as one int32 array, each wrapped as BOS + tokens + EOS.
+
+    When BOS and EOS are one token (SmolLM2's <|endoftext|>), a single one sits between two
+    documents, closing one and opening the next (the usual stream of GPT-2-style tokenizers; no
+    block learns the pointless pair <|endoftext|><|endoftext|>): each document adds its tokens +
+    EOS, and the split's stream opens with the one BOS of stream_start().
+    """
+    bos, eos = np.array([bos_id], np.int32), np.array([eos_id], np.int32)
+    pieces = []
+    for ids in token_lists:
+        pieces += ([] if bos_id == eos_id else [bos]) + [np.asarray(ids, dtype=np.int32), eos]
+    return np.concatenate(pieces) if pieces else np.empty(0, np.int32)
+
+
+def chop(carry: np.ndarray, stream: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks, new carry): carry + stream cut into rows of block_size; the rest waits for more."""
+    tokens = np.concatenate([carry, stream])
+    n = len(tokens) // block_size
+    return tokens[: n * block_size].reshape(n, block_size), tokens[n * block_size :]
+
+
+class BlockWriter:
+    """One split's blocks as Parquet shards (packed-00000.parquet, ...) of at most rows_per_shard
+    rows, written in row groups of row_group_rows rows; at most one row group waits in memory."""
+
+    def __init__(self, folder: Path, block_size: int, rows_per_shard: int, row_group_rows: int):
+        import pyarrow as pa
+
+        self.folder, self.block_size = folder, block_size
+        self.rows_per_shard, self.row_group_rows = rows_per_shard, row_group_rows
+        self.schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
+        self.pending = np.empty((0, block_size), np.int32)
+        self.writer, self.files, self.shard_rows, self.rows = None, 0, 0, 0
+
+    def add(self, blocks: np.ndarray) -> None:
+        self.pending = np.concatenate([self.pending, blocks])
+        while len(self.pending) >= self._room():
+            self._write(self._room())
+
+    def close(self) -> None:
+        if len(self.pending):
+            self._write(len(self.pending))
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _room(self) -> int:
+        return min(self.row_group_rows, self.rows_per_shard - self.shard_rows)
+
+    def _write(self, n: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"packed-{self.files:05d}.parquet"
+            self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+            self.files += 1
+        rows = np.ascontiguousarray(self.pending[:n])
+        offsets = np.arange(0, (n + 1) * self.block_size, self.block_size, dtype=np.int32)
+        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.reshape(-1)))
+        self.writer.write_table(pa.table([column], schema=self.schema), row_group_size=n)
+        self.pending = self.pending[n:]
+        self.shard_rows += n
+        self.rows += n
+        if self.shard_rows == self.rows_per_shard:
+            self.writer.close()
+            self.writer, self.shard_rows = None, 0
+
+
+def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens; special-token text in it stays text.
+    The fast tokenizer runs a batch on all cores (Rust threads)."""
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, return_attention_mask=False, verbose=False)[
+        "input_ids"
+    ]
+
+
+def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, int], s: Settings, out_dir: Path) -> dict:
+    """Tokenize, split, pack and write every document; returns the counts per split."""
+    from tqdm import tqdm
+
+    bos_id, eos_id = boundaries
+    # Pass 1 over the doc_id column only: where the validation threshold lies.
+    hashes = np.concatenate([split_hashes(ids, s.seed) for _, _, _, ids in _doc_id_batches(files, s.batch_size)])
+    threshold = validation_threshold(hashes, s.validation_fraction, s.min_validation_documents)
+
+    writers = {split: BlockWriter(out_dir / split, s.block_size, s.rows_per_shard, s.row_group_rows) for split in SPLITS}
+    carry = {split: stream_start(bos_id, eos_id) for split in SPLITS}
+    counts = {split: {"documents": 0} for split in SPLITS}
+    try:
+        tokens = 0
+        with tqdm(total=documents, desc="packing", unit="doc") as bar:
+            for _, _, texts, doc_ids in read_batches(files, s.batch_size):
+                is_validation = split_hashes(doc_ids, s.seed) <= threshold
+                token_lists = tokenize(tokenizer, texts)
+                for split, wanted in (("train", False), ("validation", True)):
+                    chosen = [ids for ids, v in zip(token_lists, is_validation) if v == wanted]
+                    stream = document_stream(chosen, bos_id, eos_id)
+                    blocks, carry[split] = chop(carry[split], stream, s.block_size)
+                    writers[split].add(blocks)
+                    counts[split]["documents"] += len(chosen)
+                    tokens += len(stream)
+                bar.update(len(texts))
+                bar.set_postfix(tokens=tokens, refresh=False)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for split in SPLITS:
+        c = counts[split]
+        blocks, dropped = writers[split].rows, len(carry[split])
+        c.update(tokens=blocks * s.block_size + dropped, blocks=blocks, dropped_tokens=dropped, shards=writers[split].files)
+        if c["blocks"] == 0:
+            raise UserError(
+                f"the {split} split has {c['tokens']} tokens, fewer than block_size={s.block_size}: "
+                f"lower --block_size{' or raise --min_validation_documents' if split == 'validation' else ''}"
+            )
+    return counts
+
+
+def _doc_id_batches(files: list[Path], batch_size: int):
+    import pyarrow.parquet as pq
+
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=max(batch_size, 10_000), columns=["doc_id"]):
+            yield f, None, None, batch.column("doc_id").to_pylist()
+
+
+def documents_as(info: dict) -> str:
+    """How a document sits in the token stream, in words, for the manifest."""
+    if info["bos_id"] == info["eos_id"]:
+        return f"{info['bos_token']} tokens {info['eos_token']}; one {info['eos_token']} between two documents closes one and opens the next"
+    return f"{info['bos_token']} tokens {info['eos_token']}"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    s = parse_settings(Settings, argv)
+    if s.block_size < 2:
+        raise UserError(f"setting block_size must be at least 2 (an input and a target token), got {s.block_size}")
+    for name in ("batch_size", "rows_per_shard", "row_group_rows", "min_validation_documents"):
+        if getattr(s, name) < 1:
+            raise UserError(f"setting {name} must be at least 1, got {getattr(s, name)}")
+    if not 0 <= s.validation_fraction < 1:
+        raise UserError(f"setting validation_fraction must be in [0, 1), got {s.validation_fraction}")
+    cleaned, files, documents = cleaned_files(s.input_dir)
+    tokenizer = load_tokenizer(s.tokenizer)
+    info = tokenizer_info(tokenizer)
+    inputs = {"cleaned": {"folder": str(s.input_dir), "fingerprint": cleaned.get("fingerprint")}, "tokenizer": info["fingerprint"]}
+
+    with stage_output(s.output_dir, STAGE, s, inputs, s.overwrite) as out:
+        if out is None:
+            return
+        counts = pack(files, documents, tokenizer, (info["bos_id"], info["eos_id"]), s, out.path)
+        out.manifest.update(block_size=s.block_size, seed=s.seed, tokenizer=info, documents_as=documents_as(info), counts=counts)
+        print(f"tokenizer {info['name']} (vocabulary {info['vocab_size']}): {info['boundary_note']}")
+        for split, c in counts.items():
+            print(f"{split:>10}: {c['documents']:,} documents, {c['tokens']:,} tokens -> {c['blocks']:,} blocks of "
+                  f"{s.block_size} ({c['dropped_tokens']} tokens dropped), {c['shards']} shard(s)")
+    print(f"wrote {s.output_dir} (train/, validation/, manifest.json)")
+
+
+if __name__ == "__main__":
+    run_main(main)
