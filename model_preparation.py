@@ -229,15 +229,19 @@ def check_architecture(config, where: str) -> None:
 
 def load_base_model(spec: str, config, dtype: torch.dtype, seed: int):
     """The base's weights in `dtype`: loaded (GGUF dequantized to float), or random for a preset."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     if spec in PRESETS:
         return random_model(config, dtype, seed)
     gguf = gguf_location(spec)
     if gguf:
-        model = AutoModelForCausalLM.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=dtype)
+        # dequantize=True: plain float Linear weights to copy and train, also where the `kernels`
+        # package would otherwise keep them packed in GGUF blocks
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf[0], gguf_file=gguf[1], config=config, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+        )
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec, config=config, dtype=dtype)
     return model.eval()
 
 
