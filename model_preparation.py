@@ -286,6 +286,9 @@ def clean_config(config, num_layers: int, dtype: torch.dtype, layers: list[int] 
         for key, value in list(values.items()):
             if "layer" in key and isinstance(value, list) and len(value) == n:
                 values[key] = [value[i] for i in layers]
+    # No pad id in the model config: the embedding's padding_idx row gets no gradient (and a fresh
+    # init zeroes it), and packed blocks have no padding; generation pads via generation_config.
+    values["pad_token_id"] = None
     values["num_hidden_layers"] = num_layers
     values["architectures"] = [SUPPORTED_ARCHITECTURES[config.model_type]]
     values["dtype"] = str(dtype).removeprefix("torch.")
@@ -341,10 +344,12 @@ def apply_plan(base, plan: list[list[int]], dtype: torch.dtype | None = None):
 
 def set_document_tokens(model, tokenizer) -> dict:
     """Make the model's config and generation config use the pretraining document boundaries
-    (stage 2's BOS .. EOS), pad = EOS. Returns what was set, with the reason."""
+    (stage 2's BOS .. EOS); the generation config pads with EOS. Returns what was set, and why.
+    The model config keeps no pad id (clean_config): its embedding would freeze that row."""
     bos_id, eos_id, note = common.document_boundaries(tokenizer)
-    for cfg in (model.config, model.generation_config):
-        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos_id, eos_id, eos_id
+    model.config.bos_token_id, model.config.eos_token_id = bos_id, eos_id
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = bos_id, eos_id, eos_id
     return {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id, "note": note}
 
 

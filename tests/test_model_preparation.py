@@ -40,7 +40,8 @@ ARCHS = {
 def tiny_model(arch="llama", tied=False, vocab=VOCAB, seed=0):
     model_class, config_class, extra = ARCHS[arch]
     torch.manual_seed(seed)
-    config = config_class(**TINY, **extra, vocab_size=vocab, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    config = config_class(**TINY, **extra, vocab_size=vocab, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
+                          pad_token_id=2)  # as the SmolLM2 GGUF's config has it
     return model_class(config).eval()
 
 
@@ -263,6 +264,8 @@ def test_main_writes_a_standard_model_folder(base_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)  # no custom code
     assert type(model) is LlamaForCausalLM and model.config.num_hidden_layers == 6
     assert model.lm_head.weight is model.model.embed_tokens.weight  # the base ties them
+    # no padding_idx: the document-boundary token's embedding (here </s> = the base's pad) must train
+    assert model.config.pad_token_id is None and model.model.embed_tokens.padding_idx is None
     reloaded_tokenizer = AutoTokenizer.from_pretrained(out)
     assert reloaded_tokenizer("the cat sat").input_ids == tokenizer("the cat sat").input_ids
     bos_id, eos_id, _ = common.document_boundaries(tokenizer)
@@ -296,6 +299,7 @@ def test_load_keeps_the_base_and_random_draws_fresh_weights(base_dir, tmp_path):
     assert model.config.num_hidden_layers == 4
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
     assert fresh["plan"] is None and "base" not in fresh["evaluation"]
+    assert model.model.embed_tokens.weight[2].abs().sum() > 0  # the EOS row is initialised like the rest
     assert "prepared" in fresh["evaluation"]
 
 
