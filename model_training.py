@@ -1,0 +1,504 @@
+"""Stage 4: train the prepared model on the packed blocks with the Hugging Face Trainer.
+
+    python model_training.py                                  # the seed's run: 30 steps of 2 x 32 tokens, on CPU
+    python model_training.py --max_steps 300 --eval_steps 50  # longer, validation every 50 steps
+    python model_training.py --save_strategy steps --save_steps 100   # periodic checkpoints (default: final only)
+    python model_training.py --resume                         # continue from the latest checkpoint
+    python model_training.py --resume --max_steps 60          # ... or extend a finished run
+    python model_training.py --activation_checkpointing       # the seed's memory saver (slower)
+    torchrun --nproc_per_node 2 model_training.py             # several processes (DDP; gloo on CPU, NCCL on GPUs)
+
+Reads stage 3's model folder (--model_dir; a Trainer checkpoint folder works too) and stage 2's
+packed blocks (--packed_dir), and refuses a model whose tokenizer is not the one that packed the
+data. The settings are TrainingArguments (every Trainer flag works) with the seed's defaults:
+max_steps 30, batch 2 per device, AdamW at 5e-5, linear schedule after 10 warmup steps, the loss
+logged every 3 steps; the block length comes from the data.
+
+Speed on a CPU (benchmarks/bench_training.py, benchmarks/RESULTS.md): the seed trained in fp32
+with gradient checkpointing and PyTorch's default AdamW. The defaults here: no activation
+checkpointing (it recomputes the forward pass, which a 2 x 32-token batch never needs the memory
+for), the fused AdamW kernel (one pass over the weights instead of a dozen), the batches built in
+the main process (2 workers only fight the model for 2 cores), and bf16 autocast where the
+hardware has bf16 arithmetic (a GPU with bf16, or a CPU with AMX or AVX512-BF16: fp32 master
+weights and optimizer, bf16 matmuls); without it (e.g. AVX2-only CPUs, where bf16 matmuls are
+emulated and ~50x slower than fp32) training stays in fp32. `--bf16 true/false` overrides.
+
+Output (default work/runs/smollm2-dus/), written while training, complete when manifest.json is:
+    checkpoint-30/   a Trainer checkpoint (model, tokenizer, optimizer, scheduler, RNG, trainer
+                     state) that AutoModelForCausalLM.from_pretrained loads and --resume continues
+    loss.csv         step, training loss (mean of the last 3 steps), learning rate, gradient norm
+    loss.png         the training loss, with the validation loss points on it
+    eval.json        validation loss and perplexity before training, every --eval_steps, and at the
+                     end; s/step, tokens/s, and model FLOPs utilisation against a measured matmul peak
+    manifest.json    stage, settings, inputs (the packed data's and the model's fingerprints), files
+
+GPU: the same command; bf16 is used where the GPU supports it. Several GPUs or processes:
+`torchrun --nproc_per_node N model_training.py` (or `accelerate launch`); each process takes
+--per_device_train_batch_size blocks a step.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+import common
+from common import DEFAULT_MODEL_DIR, DEFAULT_RUN_DIR, PACKED_DIR, UserError, parse_settings, run_main
+
+STAGE = "model_training"
+LOSS_CSV = "loss.csv"
+LOSS_PNG = "loss.png"
+EVAL_JSON = "eval.json"
+LOSS_COLUMNS = ("step", "loss", "learning_rate", "grad_norm")
+
+
+@dataclass
+class Settings(TrainingArguments):
+    # Where from, where to
+    model_dir: str = field(
+        default=DEFAULT_MODEL_DIR,
+        metadata={"help": "Stage 3's model folder (or any Hugging Face model folder with its tokenizer, e.g. a checkpoint)."},
+    )
+    packed_dir: str = field(default=PACKED_DIR, metadata={"help": "Stage 2's output: train/ and validation/ packed blocks."})
+    output_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "The run folder: checkpoints, loss.csv, loss.png, eval.json."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the latest checkpoint in output_dir (same data order); with a larger --max_steps, extend a finished run."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing run folder."})
+
+    # The seed's training settings
+    max_steps: int = field(default=30, metadata={"help": "Optimizer steps to train for."})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Blocks per step and process."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule after the warmup."})
+    warmup_steps: float = field(default=10, metadata={"help": "Steps of linear warmup (a float < 1: a fraction of max_steps)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    logging_steps: float = field(default=3, metadata={"help": "Log (and write loss.csv) every this many steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of the weights' dropout, the data order and everything else random."})
+    report_to: str = field(default="none", metadata={"help": "Experiment trackers to report to (none, tensorboard, wandb, ...)."})
+
+    # Speed (see the docstring and benchmarks/RESULTS.md)
+    optim: str = field(default="adamw_torch_fused", metadata={"help": "Optimizer: the fused AdamW kernel (the seed's was adamw_torch)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 autocast with fp32 master weights. Default: where the hardware has bf16 arithmetic (GPU, CPU with AMX/AVX512-BF16)."},
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes (0: build batches in the main process)."})
+
+    # Checkpoints: the final one always; periodic ones when save_strategy is "steps"
+    save_strategy: str = field(default="no", metadata={"help": "'steps' saves every --save_steps; the final checkpoint is always saved."})
+
+    # Validation: before training, every eval_steps, and at the end
+    eval_strategy: str = field(default="steps", metadata={"help": "'steps': validate every --eval_steps and at the end; 'no': never."})
+    eval_steps: float | None = field(default=None, metadata={"help": "Validate every this many steps (default: only before and after training)."})
+    eval_on_start: bool = field(default=True, metadata={"help": "Validate before the first step."})
+    eval_blocks: int = field(default=64, metadata={"help": "Validation blocks per evaluation, the first ones of the split (0 = all)."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass when validating."})
+
+    def __post_init__(self):
+        if self.eval_steps is None:
+            self.eval_steps = self.max_steps  # with eval_on_start: before and after only
+        if not torch.accelerator.is_available():
+            self.use_cpu = True  # the Trainer allows bf16 on a CPU only when told it is one
+        if self.bf16 is None:
+            self.bf16 = bf16_supported(self.use_cpu)
+        super().__post_init__()
+
+
+def bf16_supported(cpu: bool) -> bool:
+    """Whether the hardware does bf16 arithmetic natively, so bf16 autocast is faster than fp32:
+    a GPU with bf16, or a CPU with AMX or AVX512-BF16 (on AVX2 alone PyTorch emulates bf16 matmuls,
+    ~50x slower than fp32). Decided from CPU flags, not timing, so every DDP process agrees."""
+    if not cpu:
+        from transformers.utils import is_torch_bf16_gpu_available
+
+        return is_torch_bf16_gpu_available()
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: the packed blocks and a model that fits them
+
+
+def collate_blocks(rows: list[dict]) -> dict:
+    """A batch of packed blocks: the model shifts the labels itself, so labels are the input ids."""
+    ids = torch.stack([row["input_ids"] for row in rows]).long()
+    return {"input_ids": ids, "labels": ids}
+
+
+def load_blocks(packed_dir, eval_blocks: int):
+    """(train, validation): stage 2's splits as torch-formatted Datasets of int32 blocks, read from
+    memory-mapped Arrow; validation cut to its first `eval_blocks` blocks (0 = all)."""
+    train = common.packed_dataset(packed_dir, "train").with_format("torch")
+    validation = common.packed_dataset(packed_dir, "validation").with_format("torch")
+    if len(train) == 0:
+        raise UserError(f"{Path(packed_dir) / 'train'}: no blocks to train on")
+    if eval_blocks > 0 and len(validation) > eval_blocks:
+        validation = validation.select(range(eval_blocks))
+    return train, validation
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Stage 3's fingerprint, or for another model folder (e.g. a checkpoint) a hash of its files."""
+    if (model_dir / common.MANIFEST).is_file():
+        return common.read_manifest(model_dir, "model_preparation", hint="train from stage 3's output or a model folder")["fingerprint"]
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
+        h.update(f"{f.name}:{common.file_sha256(f)}".encode())
+    return h.hexdigest()
+
+
+def check_model_fits_data(model_dir, config, tokenizer, packed_dir, packed_manifest: dict) -> None:
+    """Refuse, in one line, a model whose tokenizer is not the one that packed the data, whose
+    vocabulary cannot hold the data's token ids, or whose context is shorter than a block."""
+    data_tok = packed_manifest.get("tokenizer") or {}
+    fingerprint = common.tokenizer_fingerprint(tokenizer)
+    if data_tok.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"{model_dir}: its tokenizer ({tokenizer.name_or_path}, {len(tokenizer)} tokens, fingerprint {fingerprint[:12]}) "
+            f"is not the one that packed {packed_dir} ({data_tok.get('name')}, {data_tok.get('vocab_size')} tokens, "
+            f"fingerprint {str(data_tok.get('fingerprint'))[:12]}); prepare the model with the packing tokenizer, or repack the data with the model's"
+        )
+    vocab_size = config.get_text_config().vocab_size
+    if vocab_size < data_tok["vocab_size"]:
+        raise UserError(
+            f"{model_dir}: the model's vocabulary has {vocab_size} entries, fewer than the {data_tok['vocab_size']} tokens "
+            f"of the tokenizer that packed {packed_dir}"
+        )
+    block_size = packed_manifest.get("block_size")
+    max_positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if block_size and max_positions and block_size > max_positions:
+        raise UserError(f"{packed_dir}: blocks of {block_size} tokens exceed the model's context of {max_positions} ({model_dir})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Speed: matmul peak and model FLOPs
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_peak_gflops(dtype_name: str, device: str = "cpu", seconds: float = 0.3) -> float:
+    """Measured GFLOP/s of a square matmul in `dtype_name` ("fp32"/"bf16") on `device`: the peak
+    that model FLOPs utilisation is measured against. Starts small, so an emulated dtype costs
+    a fraction of a second, not a minute."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    best = 0.0
+    for n in (256, 1024, 2048) if device == "cpu" else (1024, 4096, 8192):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm up
+        sync()
+        start, k = time.perf_counter(), 0
+        while True:
+            a @ b
+            k += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed > seconds / 3:
+                break
+        best = max(best, 2 * n**3 * k / elapsed / 1e9)
+        if elapsed > seconds:  # one matmul of this size already took the whole budget: slow dtype
+            break
+    return round(best, 1)
+
+
+def flops_per_token(model, block_size: int) -> float:
+    """Training FLOPs per token (forward + backward, no recomputation counted), PaLM's formula:
+    6 x the parameters of the matmuls (the LM head included, the embedding lookup not) + the
+    attention scores, 12 x layers x hidden x context."""
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    config = model.config.get_text_config()
+    return 6 * matmul_params + 12 * config.num_hidden_layers * config.hidden_size * block_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Monitoring
+
+
+class Monitor(TrainerCallback):
+    """Appends the logged training loss to loss.csv as it comes, times the optimizer steps (forward,
+    backward, optimizer; not validation or saving), asks for a checkpoint after the last step, and
+    puts the tokenizer into each checkpoint. (Not the Trainer's processing_class: the Trainer would
+    overwrite the model's BOS/EOS, the document boundaries stage 3 chose, with the tokenizer's own.)"""
+
+    def __init__(self, run_dir: Path, tokenizer):
+        self.run_dir = run_dir
+        self.tokenizer = tokenizer
+        self.step_times: list[float] = []
+        self._started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # on --resume: the rows up to the checkpoint, from its state
+            write_loss_csv(self.run_dir / LOSS_CSV, loss_rows(state.log_history))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_times.append(time.perf_counter() - self._started)
+        if state.global_step >= state.max_steps:
+            control.should_save = True  # the final checkpoint, whatever save_strategy says
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.tokenizer.save_pretrained(self.run_dir / f"checkpoint-{state.global_step}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            with open(self.run_dir / LOSS_CSV, "a", newline="") as f:
+                csv.writer(f).writerow(loss_rows([{**logs, "step": state.global_step}])[0])
+
+
+def loss_rows(log_history: list[dict]) -> list[list]:
+    return [[e["step"], e["loss"], e.get("learning_rate", ""), e.get("grad_norm", "")] for e in log_history if "loss" in e]
+
+
+def write_loss_csv(path: Path, rows: list[list]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(LOSS_COLUMNS)
+        writer.writerows(rows)
+
+
+def evaluations(log_history: list[dict]) -> list[dict]:
+    """Each validation of the run (its step, loss, perplexity), in order, one per step."""
+    by_step = {}
+    for e in log_history:
+        if "eval_loss" in e:
+            by_step[e["step"]] = {"step": e["step"], "loss": round(e["eval_loss"], 5), "perplexity": round(math.exp(e["eval_loss"]), 3)}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    valid = evaluations(log_history)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), marker=".", label="training loss (mean over the logging interval)")
+    if valid:
+        ax.plot([v["step"] for v in valid], [v["loss"] for v in valid], "o--", color="tab:red", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder
+
+
+def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
+    """Decide what to do with the run folder. Returns the checkpoint to resume from, None to start
+    fresh, or "up to date". Every process decides the same; only the main one changes files."""
+    run_dir = Path(s.output_dir)
+    exists = run_dir.is_dir() and any(run_dir.iterdir())
+    if s.resume:
+        checkpoint = get_last_checkpoint(run_dir) if run_dir.is_dir() else None
+        if checkpoint is None:
+            raise UserError(
+                f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)"
+            )
+        if s.should_save:  # the run is not complete again until it has finished
+            for name in (common.MANIFEST, EVAL_JSON):
+                (run_dir / name).unlink(missing_ok=True)
+        return checkpoint
+    if exists and not s.overwrite:
+        manifest_path = run_dir / common.MANIFEST
+        previous = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+        if previous and previous.get("settings") == settings_values and previous.get("inputs") == inputs:
+            return "up to date"
+        what = "a finished run with other settings or inputs" if previous else "an unfinished run"
+        raise UserError(f"{run_dir} already exists ({what}); pass --resume to continue it, --overwrite to replace it, or choose another --output_dir")
+    if exists and s.should_save:
+        shutil.rmtree(run_dir)
+    return None
+
+
+def comparable_settings(s: Settings) -> dict:
+    """The settings that decide a run's result (for the manifest and the up-to-date check)."""
+    values = common.settings_dict(s)
+    for key in ("output_dir", "resume", "local_rank", "logging_dir"):
+        values.pop(key, None)
+    return values
+
+
+def write_manifest(run_dir: Path, s: Settings, inputs: dict, extra: dict, started: float) -> None:
+    """manifest.json, written last: its presence says the run folder is complete."""
+    files = {}
+    for f in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        files[f.relative_to(run_dir).as_posix()] = {"bytes": f.stat().st_size, "sha256": common.file_sha256(f)}
+    settings_values = comparable_settings(s)
+    manifest = {"stage": STAGE, "settings": settings_values, "inputs": inputs, **extra, "files": files}
+    manifest["fingerprint"] = hashlib.sha256(json.dumps([STAGE, settings_values, inputs, files], sort_keys=True).encode()).hexdigest()
+    manifest["libraries"] = common.library_versions()
+    manifest["wall_time_s"] = round(time.time() - started, 3)
+    tmp = run_dir / f".{common.MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / common.MANIFEST)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def speed_report(s: Settings, trainer: Trainer, monitor: Monitor, model, block_size: int) -> dict:
+    """s/step, tokens/s and model FLOPs utilisation of the steps run in this call."""
+    times = monitor.step_times
+    tokens_per_step = s.per_device_train_batch_size * s.gradient_accumulation_steps * s.world_size * block_size
+    device = str(s.device.type)
+    precision = "bf16" if s.bf16 else "fp32"
+    peak = matmul_peak_gflops(precision, device if device == "cpu" else str(s.device))
+    fpt = flops_per_token(model, block_size)
+    report = {
+        "device": device,
+        "processes": s.world_size,
+        "threads_per_process": torch.get_num_threads() if device == "cpu" else None,
+        "precision": "bf16 autocast, fp32 weights" if s.bf16 else "fp32",
+        "activation_checkpointing": bool(s.activation_checkpointing),
+        "optimizer": str(s.optim.value if hasattr(s.optim, "value") else s.optim),
+        "steps_timed": len(times),
+        "tokens_per_step": tokens_per_step,
+    }
+    if times:
+        steady = times[1:] or times  # the first step also allocates the optimizer state
+        s_per_step = sum(steady) / len(steady)
+        tokens_per_s = tokens_per_step / s_per_step
+        achieved = fpt * tokens_per_s / 1e9  # GFLOP/s, all processes
+        report |= {
+            "first_step_s": round(times[0], 3),
+            "s_per_step": round(s_per_step, 4),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "model_gflops_per_token": round(fpt / 1e9, 4),
+            "achieved_gflops": round(achieved, 2),
+            f"matmul_peak_gflops_{precision}": peak,
+            "mfu": round(achieved / (peak * s.world_size), 4) if peak else None,
+        }
+    return report
+
+
+def train(s: Settings, callbacks=()) -> dict | None:
+    """The whole stage: check inputs, train, write the run folder. Returns eval.json's content
+    (None when the run folder is already up to date)."""
+    started = time.time()
+    run_dir = Path(s.output_dir)
+    packed_manifest = common.read_manifest(s.packed_dir, "data_packaging", hint="run data_packaging.py first")
+    model_dir = Path(s.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a model folder (no config.json); run model_preparation.py first")
+    inputs = {
+        "packed": {"dir": str(s.packed_dir), "fingerprint": packed_manifest["fingerprint"]},
+        "model": {"dir": str(model_dir), "fingerprint": model_fingerprint(model_dir)},
+    }
+    tokenizer = common.load_tokenizer(model_dir)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    check_model_fits_data(model_dir, config, tokenizer, s.packed_dir, packed_manifest)
+
+    resume_from = prepare_run_dir(s, comparable_settings(s), inputs)
+    PartialState().wait_for_everyone()  # the main process has cleared the folder where asked
+    if resume_from == "up to date":
+        print(f"{run_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it, --resume continues it)")
+        return None
+    if resume_from:
+        # A run resumed at its eval_on_start already has its "before" validation.
+        state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        s.eval_on_start = s.eval_on_start and not evaluations(state["log_history"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    with s.main_process_first(desc="reading the packed blocks"):
+        train_blocks, valid_blocks = load_blocks(s.packed_dir, s.eval_blocks)
+    block_size = len(train_blocks[0]["input_ids"])
+    if s.eval_strategy != "no" and len(valid_blocks) == 0:
+        raise UserError(f"{Path(s.packed_dir) / 'validation'}: no blocks to validate on (or pass --eval_strategy no --eval_on_start false)")
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
+    model.config.use_cache = False  # no generation while training
+    monitor = Monitor(run_dir, tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=s,
+        data_collator=collate_blocks,
+        train_dataset=train_blocks,
+        eval_dataset=valid_blocks if s.eval_strategy != "no" or s.eval_on_start else None,
+        callbacks=[monitor, *callbacks],
+    )
+    print(
+        f"training {model_dir} ({model.num_parameters() / 1e6:.1f}M parameters) on {len(train_blocks)} blocks of {block_size} tokens"
+        f" for {s.max_steps} steps; {'bf16 autocast' if s.bf16 else 'fp32'} on {s.device.type}, {s.world_size} process(es)"
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from)
+
+    if not trainer.is_world_process_zero():
+        return None
+    history = trainer.state.log_history
+    checkpoint = f"checkpoint-{trainer.state.global_step}"
+    valid = evaluations(history)
+    report = {
+        "model_dir": str(model_dir),
+        "final_checkpoint": checkpoint,
+        "steps": trainer.state.global_step,
+        "resumed_from": Path(resume_from).name if resume_from else None,
+        "train_loss_last_logged": next((e["loss"] for e in reversed(history) if "loss" in e), None),
+        "train_loss_mean_this_call": round(result.training_loss, 5),
+        "validation": {
+            "blocks": len(valid_blocks),
+            "tokens": len(valid_blocks) * (block_size - 1),
+            "before": valid[0] if valid and valid[0]["step"] == 0 else None,
+            "after": valid[-1] if valid and valid[-1]["step"] == trainer.state.global_step else None,
+            "history": valid,
+        },
+        "speed": speed_report(s, trainer, monitor, model, block_size),
+        "train_wall_s": round(result.metrics.get("train_runtime", 0.0), 2),
+    }
+    plot_losses(history, run_dir / LOSS_PNG, f"{model_dir.name}: {trainer.state.global_step} steps")
+    (run_dir / EVAL_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    extra = {"final_checkpoint": checkpoint, "tokenizer": packed_manifest.get("tokenizer"), "block_size": block_size}
+    write_manifest(run_dir, s, inputs, extra, started)
+    return report
+
+
+def main(argv=None):
+    s = parse_settings(Settings, argv)
+    if s.max_steps < 1:
+        raise UserError(f"--max_steps must be at least 1 (got {s.max_steps})")
+    if s.resume and s.overwrite:
+        raise UserError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
+    if s.eval_blocks < 0:
+        raise UserError(f"--eval_blocks must be >= 0 (got {s.eval_blocks})")
+    report = train(s)
+    if report:
+        v, sp = report["validation"], report["speed"]
+        before, after = v["before"], v["after"]
+        if before and after:
+            print(f"validation loss {before['loss']:.4f} -> {after['loss']:.4f} (perplexity {before['perplexity']:.1f} -> {after['perplexity']:.1f})")
+        if "s_per_step" in sp:
+            print(f"{sp['s_per_step']:.3f} s/step, {sp['tokens_per_s']:.0f} tokens/s, MFU {sp['mfu']:.1%} ({sp['precision']})")
+        print(f"wrote {Path(s.output_dir) / report['final_checkpoint']}, {LOSS_CSV}, {LOSS_PNG}, {EVAL_JSON}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,192 @@
+"""model_training.py on a tiny random Llama and a tiny packed corpus built here."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import common
+import model_training as mt
+from common import UserError
+
+PROJECT = Path(__file__).resolve().parent.parent
+WORDS = "the a cat dog sat ran on under mat rug and then it was big small red blue one two".split()
+SPECIALS = ["<unk>", "<s>", "</s>"]
+BLOCK = 16
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+
+
+def tiny_tokenizer(words=WORDS):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@dataclass
+class FixtureSettings:
+    what: str = "test fixture"
+
+
+def write_packed(folder: Path, tokenizer, train_blocks=64, valid_blocks=8):
+    """A stage-2 output: a repetitive corpus (one 7-token sentence over and over, BOS-separated)."""
+    sentence = tokenizer("the cat sat on a red mat")["input_ids"]
+    stream = ([tokenizer.bos_token_id] + sentence + [tokenizer.eos_token_id]) * ((train_blocks + valid_blocks) * BLOCK // 9 + 1)
+    blocks = [stream[i * BLOCK : (i + 1) * BLOCK] for i in range(train_blocks + valid_blocks)]
+    with common.stage_output(folder, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
+        for split, rows in (("train", blocks[:train_blocks]), ("validation", blocks[train_blocks:])):
+            (out.path / split).mkdir()
+            table = pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int32()))})
+            pq.write_table(table, out.path / split / "packed-00000.parquet")
+        out.manifest |= {"block_size": BLOCK, "tokenizer": common.tokenizer_info(tokenizer)}
+    return folder
+
+
+def write_model(folder: Path, tokenizer, vocab_size=None):
+    """A stage-3 output: a tiny random Llama with the tokenizer, and a manifest."""
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY, vocab_size=vocab_size or len(tokenizer), bos_token_id=1, eos_token_id=2, max_position_embeddings=64)
+    with common.stage_output(folder, "model_preparation", FixtureSettings(), {}, overwrite=True) as out:
+        LlamaForCausalLM(config).save_pretrained(out.path)
+        tokenizer.save_pretrained(out.path)
+        out.manifest["tokenizer"] = common.tokenizer_info(tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: a second thread only adds synchronisation (and waits for a busy core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    tokenizer = tiny_tokenizer()
+    return write_packed(root / "packed", tokenizer), write_model(root / "model", tokenizer)
+
+
+def argv(inputs, run_dir, *extra):
+    packed, model = inputs
+    return [
+        "--packed_dir", str(packed), "--model_dir", str(model), "--output_dir", str(run_dir),
+        "--learning_rate", "3e-3", "--warmup_steps", "2", "--bf16", "false", "--disable_tqdm", "true",
+        *map(str, extra),
+    ]  # fmt: skip
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_loss_falls_and_run_folder_is_complete(inputs, tmp_path):
+    run = tmp_path / "run"
+    mt.main(argv(inputs, run, "--max_steps", 24, "--eval_steps", 12))
+
+    report = json.loads((run / "eval.json").read_text())
+    v = report["validation"]
+    assert [e["step"] for e in v["history"]] == [0, 12, 24]  # before, every 12 steps, after
+    assert v["after"]["loss"] < 0.5 * v["before"]["loss"]  # a repeated sentence is learnt
+    assert v["before"]["perplexity"] == pytest.approx(2.718281828 ** v["before"]["loss"], rel=1e-3)
+    rows = read_csv(run / "loss.csv")
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12, 15, 18, 21, 24]  # every 3 steps, once each
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert report["speed"]["steps_timed"] == 24 and report["speed"]["tokens_per_step"] == 2 * BLOCK
+    assert report["speed"]["tokens_per_s"] > 0 and 0 < report["speed"]["mfu"] < 1
+    assert (run / "loss.png").stat().st_size > 1000
+
+    # the final checkpoint (and no other) loads as a plain model, with the tokenizer beside it
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-24"]
+    model = AutoModelForCausalLM.from_pretrained(run / "checkpoint-24")
+    assert common.tokenizer_fingerprint(common.load_tokenizer(run / "checkpoint-24")) == common.tokenizer_fingerprint(tiny_tokenizer())
+    ids = torch.tensor([tiny_tokenizer()("<s> the cat sat on a")["input_ids"]])
+    assert tiny_tokenizer().decode(model(ids).logits[0, -1].argmax()) == "red"
+
+    manifest = common.read_manifest(run, "model_training")
+    assert manifest["final_checkpoint"] == "checkpoint-24" and "checkpoint-24/model.safetensors" in manifest["files"]
+
+    # a finished run: the same command is up to date, another one needs --overwrite or --resume
+    mt.main(argv(inputs, run, "--max_steps", 24, "--eval_steps", 12))
+    assert common.read_manifest(run, "model_training")["fingerprint"] == manifest["fingerprint"]
+    with pytest.raises(UserError, match="--overwrite"):
+        mt.main(argv(inputs, run, "--max_steps", 6))
+
+
+def test_resume_continues_where_it_stopped(inputs, tmp_path):
+    run = tmp_path / "run"
+    common_args = ("--max_steps", 12, "--save_strategy", "steps", "--save_steps", 6, "--eval_strategy", "no", "--eval_on_start", "false")
+    mt.main(argv(inputs, run, *common_args))
+    whole = read_csv(run / "loss.csv")
+    final = AutoModelForCausalLM.from_pretrained(run / "checkpoint-12").state_dict()
+
+    # as if stopped after step 6's checkpoint: what a crash at step 10 leaves
+    import shutil
+
+    shutil.rmtree(run / "checkpoint-12")
+    for name in ("manifest.json", "eval.json", "loss.png"):
+        (run / name).unlink()
+    with pytest.raises(UserError, match="--resume"):
+        mt.main(argv(inputs, run, *common_args))
+    mt.main(argv(inputs, run, *common_args, "--resume"))
+
+    resumed = read_csv(run / "loss.csv")
+    assert [r["step"] for r in resumed] == ["3", "6", "9", "12"]
+    for a, b in zip(whole, resumed):  # same data order, same optimizer state: the same losses
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    again = AutoModelForCausalLM.from_pretrained(run / "checkpoint-12").state_dict()
+    assert all(torch.allclose(final[k], again[k], atol=1e-6) for k in final)
+    assert json.loads((run / "eval.json").read_text())["resumed_from"] == "checkpoint-6"
+
+
+def test_refuses_a_model_that_does_not_fit_the_data(inputs, tmp_path):
+    packed, _ = inputs
+    other = tiny_tokenizer(list(reversed(WORDS)))  # same size, other ids
+    model = write_model(tmp_path / "other-tokenizer", other)
+    with pytest.raises(UserError, match="is not the one that packed") as e:
+        mt.main(argv((packed, model), tmp_path / "run"))
+    assert "\n" not in str(e.value)
+
+    # the right tokenizer, but an embedding too small for its ids
+    small = write_model(tmp_path / "small-vocab", tiny_tokenizer(), vocab_size=10)
+    with pytest.raises(UserError, match="vocabulary has 10 entries"):
+        mt.main(argv((packed, small), tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_checkpoint_is_refused(inputs, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        mt.main(argv(inputs, tmp_path / "run", "--resume"))
+
+
+def test_bf16_default_follows_the_hardware():
+    expected = bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    assert mt.Settings(output_dir="x", use_cpu=True).bf16 == expected
+    assert mt.Settings(output_dir="x", bf16=False).bf16 is False
+
+
+def test_two_processes_ddp(inputs, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(PROJECT / "model_training.py"), *argv(inputs, run, "--max_steps", 6)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "eval.json").read_text())
+    assert report["speed"]["processes"] == 2 and report["speed"]["tokens_per_step"] == 2 * 2 * BLOCK
+    assert [int(r["step"]) for r in read_csv(run / "loss.csv")] == [3, 6]
+    assert (run / "checkpoint-6" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "checkpoint-6").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
