@@ -106,8 +106,13 @@ class Settings(TrainingArguments):
     eval_strategy: str = field(default="steps", metadata={"help": "'steps': validate every --eval_steps and at the end; 'no': never."})
     eval_steps: float | None = field(default=None, metadata={"help": "Validate every this many steps (default: only before and after training)."})
     eval_on_start: bool = field(default=True, metadata={"help": "Validate before the first step."})
-    eval_blocks: int = field(default=64, metadata={"help": "Validation blocks per evaluation, the first ones of the split (0 = all)."})
+    eval_blocks: int = field(
+        default=32,
+        metadata={"help": "Validation blocks per evaluation, the first ones of the split (0 = all); model_preparation.py evaluates the same 32."},
+    )
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass when validating."})
+
+    bf16_from_hardware: bool = field(default=False, init=False, repr=False)  # bf16 left to the default
 
     def __post_init__(self):
         if self.eval_steps is None:
@@ -115,7 +120,7 @@ class Settings(TrainingArguments):
         if not torch.accelerator.is_available():
             self.use_cpu = True  # the Trainer allows bf16 on a CPU only when told it is one
         if self.bf16 is None:
-            self.bf16 = bf16_supported(self.use_cpu)
+            self.bf16, self.bf16_from_hardware = bf16_supported(self.use_cpu), True
         super().__post_init__()
 
 
@@ -197,22 +202,19 @@ def matmul_peak_gflops(dtype_name: str, device: str = "cpu", seconds: float = 0.
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = 0.0
-    for n in (256, 1024, 2048) if device == "cpu" else (1024, 4096, 8192):
+    for n in (256, 512, 1024, 2048) if device == "cpu" else (1024, 4096, 8192):
+        if best and 2 * n**3 / (best * 1e9) > seconds:  # one matmul of this size would take too long
+            break
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         a @ b  # warm up
         sync()
         start, k = time.perf_counter(), 0
-        while True:
+        while (elapsed := time.perf_counter() - start) < seconds / 3:
             a @ b
             k += 1
             sync()
-            elapsed = time.perf_counter() - start
-            if elapsed > seconds / 3:
-                break
         best = max(best, 2 * n**3 * k / elapsed / 1e9)
-        if elapsed > seconds:  # one matmul of this size already took the whole budget: slow dtype
-            break
     return round(best, 1)
 
 
@@ -370,13 +372,18 @@ def speed_report(s: Settings, trainer: Trainer, monitor: Monitor, model, block_s
     tokens_per_step = s.per_device_train_batch_size * s.gradient_accumulation_steps * s.world_size * block_size
     device = str(s.device.type)
     precision = "bf16" if s.bf16 else "fp32"
-    peak = matmul_peak_gflops(precision, device if device == "cpu" else str(s.device))
+    peaks = {p: matmul_peak_gflops(p, device if device == "cpu" else str(s.device)) for p in ("fp32", "bf16")}
+    peak = peaks[precision]
     fpt = flops_per_token(model, block_size)
+    hardware = "has bf16 arithmetic" if bf16_supported(device == "cpu") else "has no bf16 arithmetic"
     report = {
         "device": device,
         "processes": s.world_size,
         "threads_per_process": torch.get_num_threads() if device == "cpu" else None,
         "precision": "bf16 autocast, fp32 weights" if s.bf16 else "fp32",
+        "precision_chosen_by": f"the hardware ({device} {hardware})" if s.bf16_from_hardware else "--bf16",
+        "matmul_peak_gflops": peaks,
+        "timing": "optimizer steps only (forward, backward, optimizer step), per process 0's clock; s/step and tokens/s leave out the first step (it allocates the optimizer state)",
         "activation_checkpointing": bool(s.activation_checkpointing),
         "optimizer": str(s.optim.value if hasattr(s.optim, "value") else s.optim),
         "steps_timed": len(times),
@@ -393,7 +400,6 @@ def speed_report(s: Settings, trainer: Trainer, monitor: Monitor, model, block_s
             "tokens_per_s": round(tokens_per_s, 1),
             "model_gflops_per_token": round(fpt / 1e9, 4),
             "achieved_gflops": round(achieved, 2),
-            f"matmul_peak_gflops_{precision}": peak,
             "mfu": round(achieved / (peak * s.world_size), 4) if peak else None,
         }
     return report
@@ -436,7 +442,6 @@ def train(s: Settings, callbacks=()) -> dict | None:
         raise UserError(f"{Path(s.packed_dir) / 'validation'}: no blocks to validate on (or pass --eval_strategy no --eval_on_start false)")
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
-    model.config.use_cache = False  # no generation while training
     monitor = Monitor(run_dir, tokenizer)
     trainer = Trainer(
         model=model,

@@ -178,10 +178,18 @@ def test_bf16_default_follows_the_hardware():
     assert mt.Settings(output_dir="x", bf16=False).bf16 is False
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_ddp(inputs, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(PROJECT / "model_training.py"), *argv(inputs, run, "--max_steps", 6)]  # fmt: skip
     done = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,198 @@
+"""Training speed on this machine: the seed's (course's) Trainer settings against model_training.py's
+defaults, side by side in one run, at the seed's configuration (2 blocks x 32 tokens a step).
+
+    python benchmarks/bench_training.py                          # TinySolar-308M shape, 2 + 5 steps each
+    python benchmarks/bench_training.py --shape smollm2-180m     # the default run's model (40 layers)
+    python benchmarks/bench_training.py --variants course,ours   # just the two ends
+    python benchmarks/bench_training.py --variants ours,ours+compile   # torch.compile too
+
+Random weights (the speed does not depend on them), random token ids, no checkpoint saving, no
+validation: only optimizer steps are timed (forward + backward + optimizer, measured by a Trainer
+callback from on_step_begin to on_step_end), after `warmup` untimed steps. Variants:
+
+    course          fp32, gradient checkpointing, adamw_torch, 2 data loader workers (the seed's)
+    -checkpointing  the course without gradient checkpointing
+    ours            model_training.py's defaults (no checkpointing, fused AdamW, no workers,
+                    bf16 autocast where the hardware has bf16)
+    ours+compile    ours with --torch_compile
+
+Then a breakdown of one of our steps (forward, backward, optimizer; the LM head's share) and the
+measured matmul peaks that MFU is computed against. Prints a table; the figures go into
+benchmarks/RESULTS.md by hand, with the machine (lscpu) and its load (uptime).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
+
+import model_training as mt
+from common import UserError, parse_settings, run_main
+
+SHAPES = {
+    # the seed's 12-layer TinySolar-248m depth up-scaled to 16 layers (bottom 8 + top 8)
+    "tinysolar-308m": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=32,
+                           num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    # SmolLM2-135M up-scaled 30 -> 40 layers: the default run's model
+    "smollm2-180m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=40, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+}  # fmt: skip
+
+VARIANTS = {
+    "course": dict(bf16=False, activation_checkpointing=True, optim="adamw_torch", dataloader_num_workers=2),
+    "-checkpointing": dict(bf16=False, activation_checkpointing=False, optim="adamw_torch", dataloader_num_workers=2),
+    "ours": dict(),
+    "ours+compile": dict(torch_compile=True),
+}
+
+
+@dataclass
+class BenchSettings:
+    shape: str = field(default="tinysolar-308m", metadata={"help": f"Model shape: {', '.join(SHAPES)}."})
+    variants: str = field(default="course,-checkpointing,ours", metadata={"help": f"Comma-separated, from: {', '.join(VARIANTS)}."})
+    steps: int = field(default=5, metadata={"help": "Timed steps per variant."})
+    warmup: int = field(default=2, metadata={"help": "Untimed steps first (allocation of the optimizer state, caches)."})
+    batch_size: int = field(default=2, metadata={"help": "Blocks per step (the seed's: 2)."})
+    block_size: int = field(default=32, metadata={"help": "Tokens per block (the seed's: 32)."})
+    breakdown: bool = field(default=True, metadata={"help": "Also time forward, backward and optimizer of one of our steps."})
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self._t = [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def random_blocks(n: int, block_size: int, vocab: int):
+    import datasets
+
+    ids = np.random.default_rng(0).integers(0, vocab, (n, block_size), dtype=np.int32)
+    return datasets.Dataset.from_dict({"input_ids": ids}).with_format("torch")
+
+
+def make_model(shape: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=2048)
+    config.use_cache = False
+    return LlamaForCausalLM(config)
+
+
+def run_variant(name: str, b: BenchSettings, blocks) -> dict:
+    args = mt.Settings(
+        output_dir="/tmp/bench_training_run", max_steps=b.warmup + b.steps, per_device_train_batch_size=b.batch_size,
+        eval_strategy="no", eval_on_start=False, save_strategy="no", disable_tqdm=True, logging_steps=1000,
+        **VARIANTS[name],
+    )  # fmt: skip
+    model = make_model(b.shape)
+    timer = StepTimer()
+    trainer = Trainer(model=model, args=args, data_collator=mt.collate_blocks, train_dataset=blocks, callbacks=[timer])
+    trainer.train()
+    timed = timer.times[b.warmup :]
+    s_step = sum(timed) / len(timed)
+    precision = "bf16" if args.bf16 else "fp32"
+    fpt = mt.flops_per_token(model, b.block_size)
+    tokens_s = b.batch_size * b.block_size / s_step
+    peak = mt.matmul_peak_gflops(precision)
+    result = {
+        "variant": name, "precision": precision, "checkpointing": bool(args.activation_checkpointing),
+        "optim": args.optim.value, "workers": args.dataloader_num_workers,
+        "s_step": s_step, "min_s_step": min(timed), "tokens_s": tokens_s, "mfu": fpt * tokens_s / 1e9 / peak,
+        "first_steps": [round(t, 2) for t in timer.times[: b.warmup]],
+    }  # fmt: skip
+    del trainer, model
+    gc.collect()
+    return result
+
+
+def breakdown(b: BenchSettings, blocks) -> dict:
+    """Forward, backward and optimizer of our default step, timed apart in a hand loop."""
+    args = mt.Settings(output_dir="/tmp/bench_training_run")
+    model = make_model(b.shape).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+    batch = mt.collate_blocks([blocks[i] for i in range(b.batch_size)])
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16))
+    parts = {"forward": [], "backward": [], "optimizer": []}
+    for i in range(b.warmup + b.steps):
+        t0 = time.perf_counter()
+        with autocast:
+            loss = model(**batch).loss
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if i >= b.warmup:
+            for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k].append(dt)
+    out = {k: sum(v) / len(v) for k, v in parts.items()}
+    # the LM head alone: its forward + backward matmuls
+    head = model.lm_head
+    h = torch.randn(b.batch_size * b.block_size, head.in_features, requires_grad=True)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        head(h).sum().backward()
+    out["lm_head_fwd_bwd"] = (time.perf_counter() - t0) / 3
+    params = sum(p.numel() for p in model.parameters())
+    out["params_M"] = params / 1e6
+    out["adamw_bytes_GB"] = params * 4 * 7 / 1e9  # read param, grad, m, v; write param, m, v (fp32)
+    del model, opt
+    gc.collect()
+    return out
+
+
+def main(argv=None):
+    b = parse_settings(BenchSettings, argv)
+    names = [v.strip() for v in b.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or b.shape not in SHAPES:
+        raise UserError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}" if unknown else f"--shape: one of {list(SHAPES)}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t") if Path("/proc/cpuinfo").exists() else "?"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load:.2f}")
+    peaks = {d: mt.matmul_peak_gflops(d) for d in ("fp32", "bf16")}
+    print(f"matmul peak: fp32 {peaks['fp32']} GFLOP/s, bf16 {peaks['bf16']} GFLOP/s; bf16 hardware: {mt.bf16_supported(cpu=True)}")
+    print(f"shape {b.shape}, {b.batch_size} x {b.block_size} tokens a step, {b.warmup} warm-up + {b.steps} timed steps per variant\n")
+
+    blocks = random_blocks(64, b.block_size, SHAPES[b.shape]["vocab_size"])
+    results = []
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        results.append(run_variant(name, b, blocks))
+    base = next((r for r in results if r["variant"] == "course"), results[0])
+    print(f"\n{'variant':<16}{'precision':<10}{'ckpt':<6}{'optimizer':<19}{'workers':<8}{'s/step':>8}{'min':>8}{'tokens/s':>10}{'MFU':>8}{'x course':>10}")
+    for r in results:
+        print(
+            f"{r['variant']:<16}{r['precision']:<10}{str(r['checkpointing']):<6}{r['optim']:<19}{r['workers']:<8}"
+            f"{r['s_step']:>8.3f}{r['min_s_step']:>8.3f}{r['tokens_s']:>10.1f}{r['mfu']:>8.1%}{r['tokens_s'] / base['tokens_s']:>9.2f}x"
+        )
+    print("first (untimed) steps:", {r["variant"]: r["first_steps"] for r in results})
+
+    if b.breakdown:
+        d = breakdown(b, blocks)
+        print(
+            f"\nour step, hand loop: forward {d['forward']:.3f} s, backward {d['backward']:.3f} s, optimizer {d['optimizer']:.3f} s "
+            f"(fused AdamW streams ~{d['adamw_bytes_GB']:.1f} GB for {d['params_M']:.0f}M parameters); "
+            f"LM head forward+backward {d['lm_head_fwd_bwd']:.3f} s"
+        )
+    print(f"load at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    run_main(main)
