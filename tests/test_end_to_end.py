@@ -1,0 +1,88 @@
+"""The five scripts run as a user runs them (subprocesses, in order) on tiny settings, and their
+outputs and manifests chain together."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from common import PROJECT_DIR
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A 'hub-style' model folder: a 3-layer random Llama with a byte-level BPE tokenizer trained in code."""
+    folder = tmp_path_factory.mktemp("base")
+    text = [json.loads(line)["text"] for line in (PROJECT_DIR / "sample_data/web/clean-a.jsonl").open()]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=0, eos_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(script, *args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(PROJECT_DIR / script), *map(str, args)], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{script} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_five_stages_chain(base_dir, tmp_path):
+    work = tmp_path / "work"
+    cleaned, packed, model, run_dir = work / "cleaned", work / "packed", work / "model", work / "run"
+
+    run("data_preparation.py", "--output_dir", cleaned, cwd=tmp_path)
+    run("data_packaging.py", "--input_dir", cleaned, "--output_dir", packed, "--tokenizer", base_dir, cwd=tmp_path)
+    run("model_preparation.py", "--base", base_dir, "--packed_dir", packed, "--output_dir", model, cwd=tmp_path)
+    run("model_training.py", "--model_dir", model, "--packed_dir", packed, "--output_dir", run_dir,
+        "--max_steps", 6, "--warmup_steps", 2, "--learning_rate", 1e-3, cwd=tmp_path)
+    out = run("inference_demo.py", "--checkpoint", run_dir, "--compare_with", model, "--max_new_tokens", 5,
+              "--prompts", "The harbour", cwd=tmp_path)
+
+    # each stage names the previous stage's fingerprint as its input
+    m1, m2, m3, m4 = manifest(cleaned), manifest(packed), manifest(model), manifest(run_dir)
+    assert [m["stage"] for m in (m1, m2, m3, m4)] == ["data_preparation", "data_packaging", "model_preparation", "model_training"]
+    assert m1["fingerprint"] in json.dumps(m2["inputs"])
+    assert m2["fingerprint"] in json.dumps(m4["inputs"]) and m3["fingerprint"] in json.dumps(m4["inputs"])
+    assert m2["tokenizer"]["fingerprint"] == m3["tokenizer"]["fingerprint"]
+
+    # stage 1 -> 2: every kept document was packed, every block is block_size int32 tokens
+    docs = sum(pq.read_metadata(f).num_rows for f in cleaned.glob("cleaned-*.parquet"))
+    assert docs == m1["counts"]["documents_out_documents"] == 138
+    assert m2["counts"]["train"]["documents"] + m2["counts"]["validation"]["documents"] == docs
+    blocks = pq.read_table(packed / "train").column("input_ids")
+    assert str(blocks.type) in ("list<item: int32>", "list<element: int32>") and set(map(len, blocks.to_pylist())) == {32}
+
+    # stage 3: up-scaled 3 -> 4 layers, evaluated on stage 2's validation blocks
+    prep = json.loads((model / "preparation.json").read_text())
+    assert prep["plan"] == [[0, 2], [1, 3]] and AutoModelForCausalLM.from_pretrained(model).config.num_hidden_layers == 4
+
+    # stage 4 -> 5: the final checkpoint loads, the demo generated from it and wrote samples.md
+    assert (run_dir / "checkpoint-6").is_dir() and (run_dir / "loss.png").is_file()
+    assert len((run_dir / "loss.csv").read_text().strip().splitlines()) == 1 + 2  # header + steps 3 and 6
+    samples = (run_dir / "samples.md").read_text()
+    assert "**trained, greedy**" in samples and "**before training, sampled**" in samples
+    assert "[greedy] The harbour" in out
+
+    # re-running a finished stage skips it
+    assert "up to date" in run("data_preparation.py", "--output_dir", cleaned, cwd=tmp_path)
