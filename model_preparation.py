@@ -107,8 +107,14 @@ class Settings:
         default=PACKED_DIR,
         metadata={"help": "Stage 2 output whose validation blocks measure the base and the result ('' = skip)."},
     )
-    eval_blocks: int = field(default=32, metadata={"help": "Validation blocks evaluated at most (0 = skip)."})
-    eval_batch_size: int = field(default=4, metadata={"help": "Blocks per forward pass when evaluating."})
+    eval_blocks: int = field(
+        default=32, metadata={"help": "Evaluate on the first this-many validation blocks, the ones model_training.py "
+                              "evaluates by default (0 = skip)."},
+    )
+    eval_batch_size: int = field(
+        default=8, metadata={"help": "Blocks per forward pass when evaluating (lower it for long blocks: logits are "
+                             "batch x block_size x vocabulary floats)."},
+    )
     output_dir: str = field(default=DEFAULT_MODEL_DIR, metadata={"help": "Where the model folder goes."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
 
@@ -381,8 +387,8 @@ def open_validation(packed_dir: str, tokenizer):
 
 
 def evaluate(model, dataset, settings) -> dict:
-    max_batches = math.ceil(settings.eval_blocks / settings.eval_batch_size)
-    result = common.evaluate_loss(model, dataset, settings.eval_batch_size, max_batches)
+    blocks = dataset.select(range(min(len(dataset), settings.eval_blocks)))
+    result = common.evaluate_loss(model, blocks, settings.eval_batch_size)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
 
