@@ -101,7 +101,7 @@ def cleaned_files(input_dir) -> tuple[dict, list[Path], int]:
 
 
 def read_batches(files: list[Path], batch_size: int):
-    """(file, first row, texts, doc_ids) batches; a null text or doc_id is an error naming the row."""
+    """(texts, doc_ids) batches in input order; a null text or doc_id is an error naming the row."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -113,8 +113,17 @@ def read_batches(files: list[Path], batch_size: int):
                 if pc.any(nulls).as_py():
                     first = row + pc.index(nulls, True).as_py()
                     raise UserError(f"{f}: row {first} has no {column}")
-            yield f, row, batch.column("text").to_pylist(), batch.column("doc_id").to_pylist()
+            yield batch.column("text").to_pylist(), batch.column("doc_id").to_pylist()
             row += batch.num_rows
+
+
+def doc_id_batches(files: list[Path]):
+    """Just the doc_id column, in input order."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=100_000, columns=["doc_id"]):
+            yield batch.column("doc_id").to_pylist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,17 +244,17 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
     from tqdm import tqdm
 
     bos_id, eos_id = boundaries
-    # Pass 1 over the doc_id column only: where the validation threshold lies.
-    hashes = np.concatenate([split_hashes(ids, s.seed) for _, _, _, ids in _doc_id_batches(files, s.batch_size)])
+    # Pass 1, over the doc_id column only: where the validation threshold lies.
+    hashes = np.concatenate([split_hashes(ids, s.seed) for ids in doc_id_batches(files)])
     threshold = validation_threshold(hashes, s.validation_fraction, s.min_validation_documents)
 
     writers = {split: BlockWriter(out_dir / split, s.block_size, s.rows_per_shard, s.row_group_rows) for split in SPLITS}
     carry = {split: stream_start(bos_id, eos_id) for split in SPLITS}
     counts = {split: {"documents": 0} for split in SPLITS}
+    tokens = 0
     try:
-        tokens = 0
         with tqdm(total=documents, desc="packing", unit="doc") as bar:
-            for _, _, texts, doc_ids in read_batches(files, s.batch_size):
+            for texts, doc_ids in read_batches(files, s.batch_size):
                 is_validation = split_hashes(doc_ids, s.seed) <= threshold
                 token_lists = tokenize(tokenizer, texts)
                 for split, wanted in (("train", False), ("validation", True)):
@@ -270,14 +279,6 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
                 f"lower --block_size{' or raise --min_validation_documents' if split == 'validation' else ''}"
             )
     return counts
-
-
-def _doc_id_batches(files: list[Path], batch_size: int):
-    import pyarrow.parquet as pq
-
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=max(batch_size, 10_000), columns=["doc_id"]):
-            yield f, None, None, batch.column("doc_id").to_pylist()
 
 
 def documents_as(info: dict) -> str:
