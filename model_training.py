@@ -98,6 +98,10 @@ class Settings(TrainingArguments):
         metadata={"help": "bf16 autocast with fp32 master weights. Default: where the hardware has bf16 arithmetic (GPU, CPU with AMX/AVX512-BF16)."},
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes (0: build batches in the main process)."})
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "On a CPU (Linux), keep freed memory for reuse rather than fault it in again every step (see keep_freed_memory)."},
+    )
 
     # Checkpoints: the final one always; periodic ones when save_strategy is "steps"
     save_strategy: str = field(default="no", metadata={"help": "'steps' saves every --save_steps; the final checkpoint is always saved."})
@@ -191,7 +195,31 @@ def check_model_fits_data(model_dir, config, tokenizer, packed_dir, packed_manif
 
 
 # ----------------------------------------------------------------------------------------------
-# Speed: matmul peak and model FLOPs
+# Speed: memory reuse, matmul peak and model FLOPs
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse (Linux; elsewhere nothing happens).
+
+    Every step frees the gradients (the Trainer zeroes them by setting them to None) and
+    allocates them again in the next backward pass. By default glibc hands each freed block over
+    128 KB (dynamically up to 32 MB) back to the kernel, so the next step faults the same memory in
+    again, page by page, zero-filled: ~290,000 page faults a step for the 308M-parameter model's
+    1.2 GB of gradients, most of a second of kernel time. With the mmap threshold at its maximum
+    (32 MB) and no trimming, blocks up to 32 MB are reused from the heap; only the larger ones (the
+    embedding's and the LM head's gradients) are still mapped afresh. Returns whether it applied."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -441,6 +469,8 @@ def train(s: Settings, callbacks=()) -> dict | None:
     if s.eval_strategy != "no" and len(valid_blocks) == 0:
         raise UserError(f"{Path(s.packed_dir) / 'validation'}: no blocks to validate on (or pass --eval_strategy no --eval_on_start false)")
 
+    if s.keep_freed_memory and s.device.type == "cpu":
+        keep_freed_memory()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
     monitor = Monitor(run_dir, tokenizer)
     trainer = Trainer(

@@ -8,13 +8,16 @@ defaults, side by side in one run, at the seed's configuration (2 blocks x 32 to
 
 Random weights (the speed does not depend on them), random token ids, no checkpoint saving, no
 validation: only optimizer steps are timed (forward + backward + optimizer, measured by a Trainer
-callback from on_step_begin to on_step_end), after `warmup` untimed steps. Variants:
+callback from on_step_begin to on_step_end), after `warmup` untimed steps. Each variant runs in a
+fresh process and changes one thing more than the one before it:
 
-    course          fp32, gradient checkpointing, adamw_torch, 2 data loader workers (the seed's)
-    -checkpointing  the course without gradient checkpointing
-    ours            model_training.py's defaults (no checkpointing, fused AdamW, no workers,
-                    bf16 autocast where the hardware has bf16)
-    ours+compile    ours with --torch_compile
+    course            fp32, gradient checkpointing, adamw_torch, 2 data loader workers (the seed's)
+    no-checkpointing  ... without gradient checkpointing
+    fused-adamw       ... and the fused AdamW kernel
+    keep-memory       ... and malloc keeping freed memory (model_training.keep_freed_memory)
+    ours              model_training.py's defaults: the above, no loader workers, and bf16 autocast
+                      where the hardware has bf16 arithmetic
+    ours+compile      ours with --torch_compile
 
 Then a breakdown of one of our steps (forward, backward, optimizer; the LM head's share) and the
 measured matmul peaks that MFU is computed against. Prints a table; the figures go into
@@ -24,7 +27,10 @@ benchmarks/RESULTS.md by hand, with the machine (lscpu) and its load (uptime).
 from __future__ import annotations
 
 import gc
+import json
 import os
+import resource
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,12 +52,19 @@ SHAPES = {
     # SmolLM2-135M up-scaled 30 -> 40 layers: the default run's model
     "smollm2-180m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=40, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    # a smoke test of this script
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
 }  # fmt: skip
 
+# Each variant changes one thing more than the one before it, "course" -> "ours".
+COURSE = dict(bf16=False, activation_checkpointing=True, optim="adamw_torch", dataloader_num_workers=2, keep_freed_memory=False)
 VARIANTS = {
-    "course": dict(bf16=False, activation_checkpointing=True, optim="adamw_torch", dataloader_num_workers=2),
-    "-checkpointing": dict(bf16=False, activation_checkpointing=False, optim="adamw_torch", dataloader_num_workers=2),
-    "ours": dict(),
+    "course": COURSE,
+    "no-checkpointing": COURSE | dict(activation_checkpointing=False),
+    "fused-adamw": COURSE | dict(activation_checkpointing=False, optim="adamw_torch_fused"),
+    "keep-memory": COURSE | dict(activation_checkpointing=False, optim="adamw_torch_fused", keep_freed_memory=True),
+    "ours": dict(),  # the above, no loader workers, and bf16 autocast where the hardware has bf16
     "ours+compile": dict(torch_compile=True),
 }
 
@@ -59,23 +72,29 @@ VARIANTS = {
 @dataclass
 class BenchSettings:
     shape: str = field(default="tinysolar-308m", metadata={"help": f"Model shape: {', '.join(SHAPES)}."})
-    variants: str = field(default="course,-checkpointing,ours", metadata={"help": f"Comma-separated, from: {', '.join(VARIANTS)}."})
+    variants: str = field(default="course,no-checkpointing,fused-adamw,keep-memory,ours", metadata={"help": f"Comma-separated, from: {', '.join(VARIANTS)}."})
     steps: int = field(default=5, metadata={"help": "Timed steps per variant."})
     warmup: int = field(default=2, metadata={"help": "Untimed steps first (allocation of the optimizer state, caches)."})
     batch_size: int = field(default=2, metadata={"help": "Blocks per step (the seed's: 2)."})
     block_size: int = field(default=32, metadata={"help": "Tokens per block (the seed's: 32)."})
     breakdown: bool = field(default=True, metadata={"help": "Also time forward, backward and optimizer of one of our steps."})
+    one: str = field(default="", metadata={"help": "(internal) run this one variant ('breakdown' for the breakdown) and print its result as JSON."})
 
 
 class StepTimer(TrainerCallback):
+    """Wall time, kernel (system) time and page faults of each optimizer step."""
+
     def __init__(self):
-        self.times, self._t = [], 0.0
+        self.times, self.sys, self.faults = [], [], []
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._t = time.perf_counter()
+        self._t, self._r = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
 
     def on_step_end(self, args, state, control, **kwargs):
+        r = resource.getrusage(resource.RUSAGE_SELF)
         self.times.append(time.perf_counter() - self._t)
+        self.sys.append(r.ru_stime - self._r.ru_stime)
+        self.faults.append(r.ru_minflt - self._r.ru_minflt)
 
 
 def random_blocks(n: int, block_size: int, vocab: int):
@@ -98,20 +117,23 @@ def run_variant(name: str, b: BenchSettings, blocks) -> dict:
         eval_strategy="no", eval_on_start=False, save_strategy="no", disable_tqdm=True, logging_steps=1000,
         **VARIANTS[name],
     )  # fmt: skip
+    if args.keep_freed_memory:
+        mt.keep_freed_memory()
     model = make_model(b.shape)
     timer = StepTimer()
     trainer = Trainer(model=model, args=args, data_collator=mt.collate_blocks, train_dataset=blocks, callbacks=[timer])
     trainer.train()
     timed = timer.times[b.warmup :]
     s_step = sum(timed) / len(timed)
+    n = len(timed)
     precision = "bf16" if args.bf16 else "fp32"
     fpt = mt.flops_per_token(model, b.block_size)
     tokens_s = b.batch_size * b.block_size / s_step
-    peak = mt.matmul_peak_gflops(precision)
     result = {
         "variant": name, "precision": precision, "checkpointing": bool(args.activation_checkpointing),
         "optim": args.optim.value, "workers": args.dataloader_num_workers,
-        "s_step": s_step, "min_s_step": min(timed), "tokens_s": tokens_s, "mfu": fpt * tokens_s / 1e9 / peak,
+        "s_step": s_step, "min_s_step": min(timed), "tokens_s": tokens_s, "achieved_gflops": fpt * tokens_s / 1e9,
+        "sys_s_step": sum(timer.sys[b.warmup :]) / n, "faults_step": sum(timer.faults[b.warmup :]) / n,
         "first_steps": [round(t, 2) for t in timer.times[: b.warmup]],
     }  # fmt: skip
     del trainer, model
@@ -122,6 +144,7 @@ def run_variant(name: str, b: BenchSettings, blocks) -> dict:
 def breakdown(b: BenchSettings, blocks) -> dict:
     """Forward, backward and optimizer of our default step, timed apart in a hand loop."""
     args = mt.Settings(output_dir="/tmp/bench_training_run")
+    mt.keep_freed_memory()
     model = make_model(b.shape).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
     batch = mt.collate_blocks([blocks[i] for i in range(b.batch_size)])
@@ -156,8 +179,23 @@ def breakdown(b: BenchSettings, blocks) -> dict:
     return out
 
 
+def in_subprocess(name: str, argv) -> dict:
+    """One variant in a fresh process: no memory layout, allocator setting or thread pool carried over."""
+    args = list(sys.argv[1:] if argv is None else argv) + [f"--one={name}"]
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise UserError(f"variant {name} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 def main(argv=None):
     b = parse_settings(BenchSettings, argv)
+    if b.one:
+        blocks = random_blocks(64, b.block_size, SHAPES[b.shape]["vocab_size"])
+        result = breakdown(b, blocks) if b.one == "breakdown" else run_variant(b.one, b, blocks)
+        print("RESULT " + json.dumps(result))
+        return
     names = [v.strip() for v in b.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or b.shape not in SHAPES:
@@ -170,22 +208,24 @@ def main(argv=None):
     print(f"matmul peak: fp32 {peaks['fp32']} GFLOP/s, bf16 {peaks['bf16']} GFLOP/s; bf16 hardware: {mt.bf16_supported(cpu=True)}")
     print(f"shape {b.shape}, {b.batch_size} x {b.block_size} tokens a step, {b.warmup} warm-up + {b.steps} timed steps per variant\n")
 
-    blocks = random_blocks(64, b.block_size, SHAPES[b.shape]["vocab_size"])
     results = []
     for name in names:
         print(f"running {name} ...", flush=True)
-        results.append(run_variant(name, b, blocks))
+        results.append(in_subprocess(name, argv))
     base = next((r for r in results if r["variant"] == "course"), results[0])
-    print(f"\n{'variant':<16}{'precision':<10}{'ckpt':<6}{'optimizer':<19}{'workers':<8}{'s/step':>8}{'min':>8}{'tokens/s':>10}{'MFU':>8}{'x course':>10}")
+    for r in results:  # against this process's measurement, the same for every variant
+        r["mfu"] = r["achieved_gflops"] / peaks[r["precision"]]
+    print(f"\n{'variant':<15}{'precision':<10}{'ckpt':<6}{'optimizer':<19}{'workers':<8}{'s/step':>8}{'min':>7}{'sys s':>7}{'faults':>8}{'tokens/s':>9}{'MFU':>7}{'x course':>9}")
     for r in results:
         print(
-            f"{r['variant']:<16}{r['precision']:<10}{str(r['checkpointing']):<6}{r['optim']:<19}{r['workers']:<8}"
-            f"{r['s_step']:>8.3f}{r['min_s_step']:>8.3f}{r['tokens_s']:>10.1f}{r['mfu']:>8.1%}{r['tokens_s'] / base['tokens_s']:>9.2f}x"
+            f"{r['variant']:<15}{r['precision']:<10}{str(r['checkpointing']):<6}{r['optim']:<19}{r['workers']:<8}"
+            f"{r['s_step']:>8.3f}{r['min_s_step']:>7.3f}{r['sys_s_step']:>7.2f}{r['faults_step']:>8.0f}{r['tokens_s']:>9.1f}"
+            f"{r['mfu']:>7.1%}{r['tokens_s'] / base['tokens_s']:>8.2f}x"
         )
-    print("first (untimed) steps:", {r["variant"]: r["first_steps"] for r in results})
+    print("first (untimed) steps, s:", {r["variant"]: r["first_steps"] for r in results})
 
     if b.breakdown:
-        d = breakdown(b, blocks)
+        d = in_subprocess("breakdown", argv)
         print(
             f"\nour step, hand loop: forward {d['forward']:.3f} s, backward {d['backward']:.3f} s, optimizer {d['optimizer']:.3f} s "
             f"(fused AdamW streams ~{d['adamw_bytes_GB']:.1f} GB for {d['params_M']:.0f}M parameters); "
