@@ -40,6 +40,7 @@ Memory: at most the base plus the result at once; `--dtype bfloat16` halves both
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import resource
@@ -396,11 +397,12 @@ def evaluate(model, dataset, settings) -> dict:
 
 
 def base_identity(spec: str) -> dict:
-    """What identifies the base for the up-to-date check: the files' names and sizes, or its name."""
+    """What identifies the base for the up-to-date check: the files' names and sizes (not where a
+    package put them, so a fresh install gives the same fingerprint), or its name."""
     gguf = None if spec in PRESETS else gguf_location(spec)
     path = gguf[0] / gguf[1] if gguf else Path(spec)
     if spec not in PRESETS and path.is_file():
-        return {"spec": spec, "file": str(path), "bytes": path.stat().st_size}
+        return {"spec": spec, "file": path.name, "bytes": path.stat().st_size}
     if spec not in PRESETS and path.is_dir():
         return {"spec": spec, "files": {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}}
     return {"spec": spec}
@@ -450,6 +452,7 @@ def main(argv=None):
             print(f"{s.strategy}: plan {plan} -> {len(plan_layers(plan))} layers")
             model = apply_plan(base, plan, dtype)
             del base
+            gc.collect()  # the base goes before the result is evaluated and saved
         report["parameters"]["after"] = count_parameters(model)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, s.tokenizer or s.base)
         report["document_tokens"] = set_document_tokens(model, tokenizer)
