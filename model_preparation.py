@@ -454,7 +454,6 @@ def main(argv=None):
             del base
             gc.collect()  # the base goes before the result is evaluated and saved
         report["parameters"]["after"] = count_parameters(model)
-        check_tokenizer_fits(tokenizer, model.config.vocab_size, s.tokenizer or s.base)
         report["document_tokens"] = set_document_tokens(model, tokenizer)
         if dataset is not None:
             print("evaluating the prepared model")
@@ -473,6 +472,8 @@ def main(argv=None):
             if gguf_location(s.base):
                 note = (f"{s.base} is a GGUF file; mergekit reads Hugging Face folders, so point `model` at a float export\n"
                         "(for the bundled keyword, HuggingFaceTB/SmolLM2-135M-Instruct is the unquantized original).")
+            elif s.base in PRESETS:
+                note = f"{s.base} is a preset with random weights (seed {s.seed}); mergekit needs them saved as a folder first."
             yaml_text = plan_yaml(plan, s.base, s.dtype, note)
         (out.path / "plan.yaml").write_text(yaml_text, encoding="utf-8")
         out.manifest["tokenizer"] = common.tokenizer_info(tokenizer)
