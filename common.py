@@ -74,7 +74,12 @@ def parse_settings(settings_class, argv=None):
         if unknown:
             raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)} (see --help for the settings)")
         parser.set_defaults(**values)
-    (settings,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        settings, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as e:  # a value that the dataclass's __post_init__ rejects (TrainingArguments)
+        raise UserError(f"settings: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+    if unknown:
+        raise UserError(f"unknown setting(s): {' '.join(unknown)} (see --help for the settings)")
     return settings
 
 
