@@ -65,7 +65,7 @@ def parse_settings(settings_class, argv=None):
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(settings_class)
+    parser = HfArgumentParser(settings_class, allow_abbrev=False)  # a typo must not pass for another setting
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         path = Path(argv.pop(0))
         values = _read_settings_file(path)
