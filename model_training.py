@@ -53,7 +53,6 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 import common
 from common import DEFAULT_MODEL_DIR, DEFAULT_RUN_DIR, PACKED_DIR, UserError, parse_settings, run_main
@@ -345,17 +344,27 @@ def plot_losses(log_history: list[dict], path: Path, title: str) -> None:
 # The run folder
 
 
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The latest checkpoint-N with its trainer_state.json, which the Trainer writes after the model,
+    optimizer and RNG states (a run killed while saving leaves a checkpoint without it)."""
+    complete = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
 def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
     """Decide what to do with the run folder. Returns the checkpoint to resume from, None to start
     fresh, or "up to date". Every process decides the same; only the main one changes files."""
     run_dir = Path(s.output_dir)
     exists = run_dir.is_dir() and any(run_dir.iterdir())
     if s.resume:
-        checkpoint = get_last_checkpoint(run_dir) if run_dir.is_dir() else None
+        checkpoint = last_complete_checkpoint(run_dir)
         if checkpoint is None:
             raise UserError(
                 f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)"
             )
+        step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+        if step >= s.max_steps:
+            raise UserError(f"{checkpoint}: already at step {step} of --max_steps {s.max_steps}; pass a larger --max_steps to train on")
         if s.should_save:  # the run is not complete again until it has finished
             for name in (common.MANIFEST, EVAL_JSON):
                 (run_dir / name).unlink(missing_ok=True)
@@ -463,8 +472,8 @@ def train(s: Settings, callbacks=()) -> dict | None:
         print(f"{run_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it, --resume continues it)")
         return None
     if resume_from:
-        # A run resumed at its eval_on_start already has its "before" validation.
         state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        # A run resumed at its eval_on_start already has its "before" validation.
         s.eval_on_start = s.eval_on_start and not evaluations(state["log_history"])
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -150,6 +150,8 @@ def test_resume_continues_where_it_stopped(inputs, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(run / "checkpoint-12").state_dict()
     assert all(torch.allclose(final[k], again[k], atol=1e-6) for k in final)
     assert json.loads((run / "eval.json").read_text())["resumed_from"] == "checkpoint-6"
+    with pytest.raises(UserError, match="pass a larger --max_steps"):
+        mt.main(argv(inputs, run, *common_args, "--resume"))
 
 
 def test_refuses_a_model_that_does_not_fit_the_data(inputs, tmp_path):
