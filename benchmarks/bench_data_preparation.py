@@ -2,16 +2,20 @@
 
     python benchmarks/bench_data_preparation.py                      # 60,000 pages, every contender
     python benchmarks/bench_data_preparation.py --only ours-1 course --docs 10000
-    python benchmarks/bench_data_preparation.py --repeats 2           # best of 2 per contender
+    python benchmarks/bench_data_preparation.py --repeats 3           # 3 rounds, the fastest run counts
+    python benchmarks/bench_data_preparation.py --candidate /tmp/patched/data_preparation.py --only ours-1 cand-1
 
 Contenders, each run as its own process on the same corpus (benchmarks/make_corpus.py; made if
 missing) with the same thresholds and the same fastText model file (lid.176.ftz):
 
 - ours-1, ours-2: `data_preparation.py --num_proc 1 / 2`, as a user runs it (Parquet output, report,
-  funnel chart, manifest).
+  funnel chart, manifest). cand-1, cand-2: the same for a changed copy of the stage (--candidate).
 - course: the DeepLearning.AI "Pretraining LLMs" course's way: a `datasets.Dataset` (load_dataset
   "json"), one `Dataset.filter` with a Python function per filter, de-duplication holding every full
   text in a Python set, the language filter single process, `to_parquet` at the end.
+- bare: a bare single-process loop that reads the pages (json), applies the stage's own filter
+  functions in order (de-dup before language ID) and keeps the ids; no output, report or checks. Its
+  seconds inside fastText's predict (printed) are the floor: every contender classifies those pages.
 - datatrove-1, datatrove-2: datatrove's nearest pipeline with 1 / 2 tasks (and as many workers):
   JsonlReader -> paragraph-length (our function in a BaseFilter: datatrove has no such filter) ->
   GopherRepetitionFilter (paragraph checks only; line and n-gram checks off) -> JsonlWriter +
@@ -40,7 +44,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 sys.path[:0] = [str(PROJECT_DIR), str(BENCH_DIR)]
 
-CONTENDERS = ["ours-1", "ours-2", "course", "datatrove-1", "datatrove-2"]
+CONTENDERS = ["ours-1", "ours-2", "course", "datatrove-1", "datatrove-2", "bare", "cand-1", "cand-2"]
 # the stage's default thresholds, used by every contender
 MIN_LINES, MIN_LONGEST_LINE_CHARS = 3, 3
 MAX_DUP_PARAGRAPH_FRAC, MAX_DUP_CHAR_FRAC = 0.30, 0.20
@@ -139,6 +143,36 @@ def run_course(corpus: Path, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# a bare loop: the stage's filter functions and nothing else; its fastText time is the floor
+
+
+def run_bare(corpus: Path, out: Path) -> None:
+    import fasttext
+
+    import data_preparation as dp
+
+    model = fasttext.load_model(lid_model_path())
+    seen, kept, lid_s = set(), [], 0.0
+    for path in corpus_files(corpus):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                d = json.loads(line)
+                text = d["text"]
+                if dp.paragraph_length_filter(text) is not True or dp.repetition_filter(text) is not True:
+                    continue
+                digest = dp.text_digest(text)
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                t = time.perf_counter()
+                ok = dp.language_filter(model, text)
+                lid_s += time.perf_counter() - t
+                if ok is True:
+                    kept.append(d["id"])
+    (out / "bare.json").write_text(json.dumps({"fasttext_s": lid_s, "kept": kept}))
+
+
+# ----------------------------------------------------------------------------------------------
 # (b) datatrove's nearest equivalent
 
 
@@ -226,13 +260,14 @@ def run_datatrove(corpus: Path, out: Path, tasks: int) -> None:
 # Measuring a contender: its own process, wall time, CPU time, peak RSS over the process tree
 
 
-def command(name: str, out: Path, corpus: Path, stage_script: str) -> list[str]:
+def command(name: str, out: Path, corpus: Path, candidate: str | None) -> list[str]:
     py = sys.executable
-    if name.startswith("ours"):
-        return [py, stage_script, "--web_sources", str(corpus), "--code_sources", "none",
+    if name.startswith(("ours", "cand")):
+        script = str(PROJECT_DIR / "data_preparation.py") if name.startswith("ours") else candidate
+        return [py, script, "--web_sources", str(corpus), "--code_sources", "none",
                 "--num_proc", name.split("-")[1], "--output_dir", str(out), "--overwrite"]
-    if name == "course":
-        return [py, __file__, "--run", "course", "--corpus", str(corpus), "--out", str(out)]
+    if name in ("course", "bare"):
+        return [py, __file__, "--run", name, "--corpus", str(corpus), "--out", str(out)]
     return [py, __file__, "--run", "datatrove", "--tasks", name.split("-")[1], "--corpus", str(corpus), "--out", str(out)]
 
 
@@ -280,10 +315,12 @@ def kept_documents(name: str, out: Path) -> dict[str, str]:
     """{doc id: text} of what a contender kept."""
     import pyarrow.parquet as pq
 
-    if name.startswith("ours"):
+    if name.startswith(("ours", "cand")):
         files, id_col = sorted(out.glob("cleaned-*.parquet")), "doc_id"
     elif name == "course":
         files, id_col = [out / "course.parquet"], "id"
+    elif name == "bare":
+        return dict.fromkeys(json.loads((out / "bare.json").read_text())["kept"])
     else:
         files, id_col = sorted((out / "final").glob("*.parquet")), "id"
     kept = {}
@@ -296,6 +333,8 @@ def kept_documents(name: str, out: Path) -> dict[str, str]:
 def compare(reference: dict[str, str], other: dict[str, str]) -> str:
     if reference.keys() == other.keys():
         return "same documents"
+    if None in other.values():  # the bare loop keeps ids only
+        return f"DIFFERENT documents: {len(reference.keys() - other.keys())} only in ours-1, {len(other.keys() - reference.keys())} only here"
     texts_same = sorted(reference.values()) == sorted(other.values())
     only_ref, only_other = sorted(reference.keys() - other.keys()), sorted(other.keys() - reference.keys())
     what = "same texts, other copies of duplicates kept" if texts_same else "DIFFERENT texts"
@@ -323,11 +362,12 @@ def main(argv=None):
     ap.add_argument("--docs", type=int, default=60_000, help="pages in the corpus, if it is made")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="work/bench/stage1", help="where contenders write their outputs")
-    ap.add_argument("--only", nargs="+", choices=CONTENDERS, default=CONTENDERS)
-    ap.add_argument("--repeats", type=int, default=1, help="runs per contender; the fastest counts")
-    ap.add_argument("--stage_script", default=str(PROJECT_DIR / "data_preparation.py"),
-                    help="the stage 1 script run as ours (e.g. a patched copy)")
-    ap.add_argument("--run", choices=["course", "datatrove"], help=argparse.SUPPRESS)  # one contender, in here
+    ap.add_argument("--only", nargs="+", choices=CONTENDERS, default=CONTENDERS[:5])
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds over the contenders (interleaved, so that load from elsewhere hits all alike); "
+                    "each contender's fastest run counts")
+    ap.add_argument("--candidate", help="a changed copy of data_preparation.py, run as cand-1 / cand-2")
+    ap.add_argument("--run", choices=["course", "datatrove", "bare"], help=argparse.SUPPRESS)  # one contender, in here
     ap.add_argument("--tasks", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -335,6 +375,8 @@ def main(argv=None):
 
     if a.run == "course":
         return run_course(corpus, Path(a.out))
+    if a.run == "bare":
+        return run_bare(corpus, Path(a.out))
     if a.run == "datatrove":
         return run_datatrove(corpus, Path(a.out), a.tasks)
 
@@ -352,34 +394,46 @@ def main(argv=None):
 
     work = (PROJECT_DIR / a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results, kept = {}, {}
-    for name in a.only:
-        best = None
-        for r in range(a.repeats):
+    if any(n.startswith("cand") for n in a.only) and not a.candidate:
+        ap.error("cand-1 / cand-2 need --candidate")
+    results, kept, runs = {}, {}, {name: [] for name in a.only}
+    for r in range(a.repeats):
+        for name in a.only:
             out = work / name
             shutil.rmtree(out, ignore_errors=True)
-            if not name.startswith("ours"):
+            if not name.startswith(("ours", "cand")):
                 out.mkdir(parents=True)
-            m = measure(command(name, out, corpus, a.stage_script), work / f"{name}.log")
+            m = measure(command(name, out, corpus, a.candidate), work / f"{name}.log")
             print(f"  {name} run {r + 1}: {m['wall_s']:.1f} s wall, {m['cpu_s']:.1f} s CPU, "
                   f"peak {m['peak_rss_mb']:.0f} MB, load before {m['load']:.2f}", flush=True)
-            if best is None or m["wall_s"] < best["wall_s"]:
-                best = m
-        kept[name] = kept_documents(name, out)
-        shutil.rmtree(out / "hf-cache", ignore_errors=True)  # the course's arrow copy of the corpus
-        results[name] = best
+            runs[name].append(m)
+            if name not in results or m["wall_s"] < results[name]["wall_s"]:
+                results[name] = m
+            if name == "bare":
+                m["fasttext_s"] = json.loads((out / "bare.json").read_text())["fasttext_s"]
+                print(f"    of which fastText predict: {m['fasttext_s']:.1f} s", flush=True)
+            if r == a.repeats - 1:
+                kept[name] = kept_documents(name, out)
+            shutil.rmtree(out / "hf-cache", ignore_errors=True)  # the course's arrow copy of the corpus
 
     print(f"\n{'contender':<12} {'wall s':>7} {'docs/s':>8} {'MB/s':>6} {'CPU s':>7} {'peak MB':>8} {'load':>5}  kept")
     for name, m in results.items():
         print(f"{name:<12} {m['wall_s']:7.1f} {info['docs'] / m['wall_s']:8.0f} {mb / m['wall_s']:6.2f} "
               f"{m['cpu_s']:7.1f} {m['peak_rss_mb']:8.0f} {m['load']:5.2f}  {len(kept[name])}")
 
-    print("\nratios (wall time of the slower / ours; > 1 means ours is faster):")
-    pairs = [("course", "ours-1"), ("course", "ours-2"), ("datatrove-1", "ours-1"), ("datatrove-2", "ours-2"),
-             ("ours-1", "ours-2"), ("datatrove-1", "datatrove-2")]
+    if "bare" in results:
+        floor = min(m["fasttext_s"] for m in runs["bare"])
+        print(f"floor: fastText predict on the pages that reach language ID, {floor:.1f} s in one process "
+              f"({floor / 2:.1f} s if perfectly split over 2)")
+    print("\nratios of wall time, A / B (> 1: B is faster); of CPU seconds in brackets:")
+    pairs = [("course", "ours-1"), ("course", "ours-2"), ("ours-1", "bare"), ("course", "bare"), ("datatrove-1", "ours-1"), ("datatrove-2", "ours-2"),
+             ("ours-1", "ours-2"), ("datatrove-1", "datatrove-2"), ("course", "cand-1"), ("course", "cand-2"),
+             ("datatrove-1", "cand-1"), ("datatrove-2", "cand-2"), ("ours-1", "cand-1"), ("ours-2", "cand-2"),
+             ("cand-1", "cand-2")]
     for slow, fast in pairs:
         if slow in results and fast in results:
-            print(f"  {slow:>11} / {fast:<11} {results[slow]['wall_s'] / results[fast]['wall_s']:5.2f}x")
+            print(f"  {slow + ' / ' + fast:<26} {results[slow]['wall_s'] / results[fast]['wall_s']:5.2f}x "
+                  f"(CPU s: {results[slow]['cpu_s'] / results[fast]['cpu_s']:4.2f}x)")
 
     if "ours-1" in kept:
         print("\nkept documents compared with ours-1:")
@@ -387,9 +441,9 @@ def main(argv=None):
             if name != "ours-1":
                 verdict = compare(kept["ours-1"], kept[name])
                 print(f"  {name}: {verdict}")
-                if verdict.startswith("DIFFERENT"):
+                if verdict.startswith("DIFFERENT texts"):
                     print("\n".join(explain_language_differences(kept["ours-1"], kept[name])))
-    (work / "results.json").write_text(json.dumps({"corpus": info, "results": results}, indent=2) + "\n")
+    (work / "results.json").write_text(json.dumps({"corpus": info, "best": results, "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
