@@ -75,6 +75,7 @@ class BenchSettings:
     variants: str = field(default="course,no-checkpointing,fused-adamw,keep-memory,ours", metadata={"help": f"Comma-separated, from: {', '.join(VARIANTS)}."})
     steps: int = field(default=5, metadata={"help": "Timed steps per variant."})
     warmup: int = field(default=2, metadata={"help": "Untimed steps first (allocation of the optimizer state, caches)."})
+    rounds: int = field(default=1, metadata={"help": "Run the variants this many times, interleaved; each one's best round counts (load from other work then hits every variant alike)."})
     batch_size: int = field(default=2, metadata={"help": "Blocks per step (the seed's: 2)."})
     block_size: int = field(default=32, metadata={"help": "Tokens per block (the seed's: 32)."})
     breakdown: bool = field(default=True, metadata={"help": "Also time forward, backward and optimizer of one of our steps."})
@@ -208,19 +209,24 @@ def main(argv=None):
     print(f"matmul peak: fp32 {peaks['fp32']} GFLOP/s, bf16 {peaks['bf16']} GFLOP/s; bf16 hardware: {mt.bf16_supported(cpu=True)}")
     print(f"shape {b.shape}, {b.batch_size} x {b.block_size} tokens a step, {b.warmup} warm-up + {b.steps} timed steps per variant\n")
 
-    results = []
-    for name in names:
-        print(f"running {name} ...", flush=True)
-        results.append(in_subprocess(name, argv))
+    rounds: dict[str, list] = {name: [] for name in names}
+    for i in range(b.rounds):
+        for name in names:
+            load = os.getloadavg()[0]
+            r = in_subprocess(name, argv) | {"load": load}
+            rounds[name].append(r)
+            print(f"round {i + 1}, {name}: {r['s_step']:.3f} s/step (load before {load:.2f})", flush=True)
+    results = [min(rounds[name], key=lambda r: r["s_step"]) for name in names]
     base = next((r for r in results if r["variant"] == "course"), results[0])
     for r in results:  # against this process's measurement, the same for every variant
         r["mfu"] = r["achieved_gflops"] / peaks[r["precision"]]
-    print(f"\n{'variant':<15}{'precision':<10}{'ckpt':<6}{'optimizer':<19}{'workers':<8}{'s/step':>8}{'min':>7}{'sys s':>7}{'faults':>8}{'tokens/s':>9}{'MFU':>7}{'x course':>9}")
+    print(f"\nbest of {b.rounds} round(s) each; s/step is the mean of its {b.steps} timed steps, min the fastest step")
+    print(f"{'variant':<17}{'precision':<10}{'ckpt':<6}{'optimizer':<19}{'workers':<8}{'s/step':>8}{'min':>7}{'sys s':>7}{'faults':>8}{'tokens/s':>9}{'MFU':>7}{'x course':>9}{'load':>6}")
     for r in results:
         print(
-            f"{r['variant']:<15}{r['precision']:<10}{str(r['checkpointing']):<6}{r['optim']:<19}{r['workers']:<8}"
+            f"{r['variant']:<17}{r['precision']:<10}{str(r['checkpointing']):<6}{r['optim']:<19}{r['workers']:<8}"
             f"{r['s_step']:>8.3f}{r['min_s_step']:>7.3f}{r['sys_s_step']:>7.2f}{r['faults_step']:>8.0f}{r['tokens_s']:>9.1f}"
-            f"{r['mfu']:>7.1%}{r['tokens_s'] / base['tokens_s']:>8.2f}x"
+            f"{r['mfu']:>7.1%}{r['tokens_s'] / base['tokens_s']:>8.2f}x{r['load']:>6.2f}"
         )
     print("first (untimed) steps, s:", {r["variant"]: r["first_steps"] for r in results})
 
