@@ -127,6 +127,16 @@ def test_dedup_keeps_first_and_drops_exact_repeats_only(tmp_path):
     assert {e["doc_id"] for e in dedup["examples"]} == {"again", "third"}
 
 
+def test_a_copy_of_a_page_an_earlier_filter_removed_is_counted_by_that_filter(tmp_path):
+    # copies are not judged again, but keep the filter order: a copy of a short page is a short page
+    records = [{"id": "short1", "text": "too short"}, {"id": "ok", "text": english_page(1)},
+               {"id": "short2", "text": "too short"}, {"id": "fr1", "text": FRENCH}, {"id": "fr2", "text": FRENCH}]
+    out, report = run_stage(tmp_path, "--web_sources", str(write_jsonl(tmp_path / "w.jsonl", records)), "--code_sources", "none")
+    removed = {f["name"]: f["removed"] for f in report["filters"]}
+    assert removed == {"paragraph_length": 2, "repetition": 0, "deduplication": 1, "language": 1}
+    assert [r["doc_id"] for r in cleaned_rows(out)] == ["ok"]
+
+
 def test_report_counts_add_up_and_code_skips_prose_filters(tmp_path):
     records = (
         [{"id": f"en{i}", "text": english_page(i)} for i in range(6)]
