@@ -18,10 +18,11 @@ Speed on a CPU (benchmarks/bench_training.py, benchmarks/RESULTS.md): the seed t
 with gradient checkpointing and PyTorch's default AdamW. The defaults here: no activation
 checkpointing (it recomputes the forward pass, which a 2 x 32-token batch never needs the memory
 for), the fused AdamW kernel (one pass over the weights instead of a dozen), the batches built in
-the main process (2 workers only fight the model for 2 cores), and bf16 autocast where the
+the main process (2 workers only fight the model for 2 cores), freed memory kept for reuse
+(keep_freed_memory: no page faults for the gradients every step), and bf16 autocast where the
 hardware has bf16 arithmetic (a GPU with bf16, or a CPU with AMX or AVX512-BF16: fp32 master
 weights and optimizer, bf16 matmuls); without it (e.g. AVX2-only CPUs, where bf16 matmuls are
-emulated and ~50x slower than fp32) training stays in fp32. `--bf16 true/false` overrides.
+emulated and ~100x slower than fp32) training stays in fp32. `--bf16 true/false` overrides.
 
 Output (default work/runs/smollm2-dus/), written while training, complete when manifest.json is:
     checkpoint-30/   a Trainer checkpoint (model, tokenizer, optimizer, scheduler, RNG, trainer
@@ -130,7 +131,7 @@ class Settings(TrainingArguments):
 def bf16_supported(cpu: bool) -> bool:
     """Whether the hardware does bf16 arithmetic natively, so bf16 autocast is faster than fp32:
     a GPU with bf16, or a CPU with AMX or AVX512-BF16 (on AVX2 alone PyTorch emulates bf16 matmuls,
-    ~50x slower than fp32). Decided from CPU flags, not timing, so every DDP process agrees."""
+    ~100x slower than fp32). Decided from CPU flags, not timing, so every DDP process agrees."""
     if not cpu:
         from transformers.utils import is_torch_bf16_gpu_available
 
