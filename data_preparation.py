@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import xxhash
+
 from common import CLEANED_DIR, PROJECT_DIR, UserError, parse_settings, run_main, stage_output
 
 STDLIB_MODULES = [  # present in every CPython from 3.10 on
@@ -322,8 +324,6 @@ def language_filter(model, text: str, language: str = "en", min_score: float = 0
 
 def text_digest(text: str) -> bytes:
     """16 bytes per document: de-duplication memory grows with the number of documents, not their size."""
-    import xxhash
-
     return xxhash.xxh3_128_digest(text.encode("utf-8"))
 
 
