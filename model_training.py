@@ -4,6 +4,8 @@
     python model_training.py --max_steps 300 --eval_steps 50  # longer, validation every 50 steps
     python model_training.py --save_strategy steps --save_steps 100   # periodic checkpoints (default: final only)
     python model_training.py --resume                         # continue from the latest checkpoint
+    (Ctrl-C while training: the current step finishes, a checkpoint is saved, and the same command
+    run again continues from it)
     python model_training.py --resume --max_steps 60          # ... or extend a finished run
     python model_training.py --activation_checkpointing       # the seed's memory saver (slower)
     torchrun --nproc_per_node 2 model_training.py             # several processes (DDP; gloo on CPU, NCCL on GPUs)
@@ -24,11 +26,22 @@ hardware has bf16 arithmetic (a GPU with bf16, or a CPU with AMX or AVX512-BF16:
 weights and optimizer, bf16 matmuls); without it (e.g. AVX2-only CPUs, where bf16 matmuls are
 emulated and ~100x slower than fp32) training stays in fp32. `--bf16 true/false` overrides.
 
+Stopping and crashes: Ctrl-C (SIGINT) or SIGTERM while training finishes the current step, saves
+checkpoint-N there and exits (status 130 / 143); a second Ctrl-C stops at once. Running the same
+command again continues an unfinished run from its latest complete checkpoint (or, with none, starts
+it again), so a run stopped at step 17 of 30 and continued ends with the same weights as one never
+stopped. After a crash (power cut, SIGKILL) it continues from the latest periodic checkpoint
+(`--save_strategy steps --save_steps N`; by default only the final one is saved). The run folder is
+complete only once manifest.json is written, and inference_demo.py reads nothing before that.
+
 Output (default work/runs/smollm2-dus/), written while training, complete when manifest.json is:
     checkpoint-30/   a Trainer checkpoint (model, tokenizer, optimizer, scheduler, RNG, trainer
                      state) that AutoModelForCausalLM.from_pretrained loads and --resume continues
-    loss.csv         step, training loss (mean of the last 3 steps), learning rate, gradient norm
+    loss.csv         step, training loss (mean of the last 3 steps; after a restart, of the steps
+                     since it), learning rate, gradient norm
     loss.png         the training loss, with the validation loss points on it
+    run.json         the settings and inputs of the run, written when it starts: a rerun with the same
+                     ones continues it
     eval.json        validation loss and perplexity before training, every --eval_steps, and at the
                      end; s/step, tokens/s, and model FLOPs utilisation against a measured matmul peak
     manifest.json    stage, settings, inputs (the packed data's and the model's fingerprints), files
@@ -47,6 +60,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +77,7 @@ STAGE = "model_training"
 LOSS_CSV = "loss.csv"
 LOSS_PNG = "loss.png"
 EVAL_JSON = "eval.json"
+RUN_JSON = "run.json"
 LOSS_COLUMNS = ("step", "loss", "learning_rate", "grad_norm")
 
 
@@ -298,6 +314,46 @@ class Monitor(TrainerCallback):
                 csv.writer(f).writerow(loss_rows([{**logs, "step": state.global_step}])[0])
 
 
+class StopOnSignal(TrainerCallback):
+    """Ctrl-C (SIGINT) or SIGTERM while training: finish the current step, save a checkpoint there
+    and stop, so that the same command run again continues from it. A second signal interrupts at
+    once (the handler is put back after the first). With several processes they agree, once per
+    step, on whether any of them was told to stop: a single one leaving would hang the others."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: str | None = None
+        self.stopped_at: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        print(f"\n{self.received}: stopping after this step and saving a checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # only there can Python handle signals
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = self.received is not None
+        if args.world_size > 1:
+            flag = torch.tensor([float(stop)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop and state.global_step < state.max_steps:
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def loss_rows(log_history: list[dict]) -> list[list]:
     return [[e["step"], e["loss"], e.get("learning_rate", ""), e.get("grad_norm", "")] for e in log_history if "loss" in e]
 
@@ -354,11 +410,31 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
 
 def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
     """Decide what to do with the run folder. Returns the checkpoint to resume from, None to start
-    fresh, or "up to date". Every process decides the same; only the main one changes files."""
+    fresh, or "up to date". Every process decides the same; only the main one changes files.
+
+    A finished run (manifest.json) with the same settings and inputs is up to date. An unfinished
+    one (stopped, crashed, killed) with the same settings and inputs (run.json) continues from its
+    latest complete checkpoint, or starts again when it has none. --resume continues whatever the
+    settings (e.g. a larger --max_steps); anything else needs --overwrite."""
     run_dir = Path(s.output_dir)
     exists = run_dir.is_dir() and any(run_dir.iterdir())
+    checkpoint = last_complete_checkpoint(run_dir) if exists else None
+    if exists and not s.resume and not s.overwrite:
+        finished, started = read_json(run_dir / common.MANIFEST), read_json(run_dir / RUN_JSON)
+        same = lambda d: bool(d) and d.get("settings") == settings_values and d.get("inputs") == inputs  # noqa: E731
+        if same(finished):
+            return "up to date"
+        if finished is None and same(started):
+            if checkpoint is None:
+                print(f"{run_dir}: an unfinished run with these settings and no complete checkpoint: starting it again")
+                if s.should_save:
+                    shutil.rmtree(run_dir)
+                return None
+            print(f"{run_dir}: an unfinished run with these settings: continuing from {Path(checkpoint).name}")
+            return checkpoint
+        what = "a finished run with other settings or inputs" if finished else "an unfinished run with other settings or inputs"
+        raise UserError(f"{run_dir} already exists ({what}); pass --resume to continue it, --overwrite to replace it, or choose another --output_dir")
     if s.resume:
-        checkpoint = last_complete_checkpoint(run_dir)
         if checkpoint is None:
             raise UserError(
                 f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)"
@@ -366,20 +442,27 @@ def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
         step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
         if step >= s.max_steps:
             raise UserError(f"{checkpoint}: already at step {step} of --max_steps {s.max_steps}; pass a larger --max_steps to train on")
-        if s.should_save:  # the run is not complete again until it has finished
-            for name in (common.MANIFEST, EVAL_JSON):
-                (run_dir / name).unlink(missing_ok=True)
         return checkpoint
-    if exists and not s.overwrite:
-        manifest_path = run_dir / common.MANIFEST
-        previous = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
-        if previous and previous.get("settings") == settings_values and previous.get("inputs") == inputs:
-            return "up to date"
-        what = "a finished run with other settings or inputs" if previous else "an unfinished run"
-        raise UserError(f"{run_dir} already exists ({what}); pass --resume to continue it, --overwrite to replace it, or choose another --output_dir")
     if exists and s.should_save:
         shutil.rmtree(run_dir)
     return None
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable (a write cut short)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def start_run_record(run_dir: Path, settings_values: dict, inputs: dict) -> None:
+    """run.json, and no manifest.json or eval.json until the run has finished again."""
+    for name in (common.MANIFEST, EVAL_JSON):
+        (run_dir / name).unlink(missing_ok=True)
+    tmp = run_dir / f".{RUN_JSON}.tmp"
+    tmp.write_text(json.dumps({"settings": settings_values, "inputs": inputs}, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / RUN_JSON)
 
 
 def comparable_settings(s: Settings) -> dict:
@@ -390,14 +473,19 @@ def comparable_settings(s: Settings) -> dict:
     return values
 
 
-def write_manifest(run_dir: Path, s: Settings, inputs: dict, extra: dict, started: float) -> None:
+def write_manifest(run_dir: Path, settings_values: dict, inputs: dict, extra: dict, started: float) -> None:
     """manifest.json, written last: its presence says the run folder is complete."""
     files = {}
-    for f in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+    for f in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         files[f.relative_to(run_dir).as_posix()] = {"bytes": f.stat().st_size, "sha256": common.file_sha256(f)}
-    settings_values = comparable_settings(s)
     manifest = {"stage": STAGE, "settings": settings_values, "inputs": inputs, **extra, "files": files}
-    manifest["fingerprint"] = hashlib.sha256(json.dumps([STAGE, settings_values, inputs, files], sort_keys=True).encode()).hexdigest()
+    # The fingerprint covers the trained model (the final checkpoint's weights, config and tokenizer)
+    # with the settings and inputs that made it, not how fast it ran (eval.json's speed and
+    # trainer_state.json's runtimes differ between two identical runs) nor loss.csv (a run stopped
+    # and continued logs, at its first logging step after the restart, only the steps since it).
+    final = f"{extra['final_checkpoint']}/"
+    result = {k: v for k, v in files.items() if k.startswith(final) and k.endswith((".safetensors", ".json")) and not k.endswith("trainer_state.json")}
+    manifest["fingerprint"] = hashlib.sha256(json.dumps([STAGE, settings_values, inputs, result], sort_keys=True).encode()).hexdigest()
     manifest["libraries"] = common.library_versions()
     manifest["wall_time_s"] = round(time.time() - started, 3)
     tmp = run_dir / f".{common.MANIFEST}.tmp"
@@ -467,7 +555,8 @@ def train(s: Settings, callbacks=()) -> dict | None:
     config = AutoConfig.from_pretrained(model_dir)
     check_model_fits_data(model_dir, config, tokenizer, s.packed_dir, packed_manifest)
 
-    resume_from = prepare_run_dir(s, comparable_settings(s), inputs)
+    settings_values = comparable_settings(s)
+    resume_from = prepare_run_dir(s, settings_values, inputs)
     PartialState().wait_for_everyone()  # the main process has cleared the folder where asked
     if resume_from == "up to date":
         print(f"{run_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it, --resume continues it)")
@@ -476,7 +565,10 @@ def train(s: Settings, callbacks=()) -> dict | None:
         state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
         # A run resumed at its eval_on_start already has its "before" validation.
         s.eval_on_start = s.eval_on_start and not evaluations(state["log_history"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if s.should_save:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        start_run_record(run_dir, settings_values, inputs)
+    PartialState().wait_for_everyone()
 
     with s.main_process_first(desc="reading the packed blocks"):
         train_blocks, valid_blocks = load_blocks(s.packed_dir, s.eval_blocks)
@@ -487,14 +579,14 @@ def train(s: Settings, callbacks=()) -> dict | None:
     if s.keep_freed_memory and s.device.type == "cpu":
         keep_freed_memory()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
-    monitor = Monitor(run_dir, tokenizer)
+    monitor, stopper = Monitor(run_dir, tokenizer), StopOnSignal()
     trainer = Trainer(
         model=model,
         args=s,
         data_collator=collate_blocks,
         train_dataset=train_blocks,
         eval_dataset=valid_blocks if s.eval_strategy != "no" or s.eval_on_start else None,
-        callbacks=[monitor, *callbacks],
+        callbacks=[monitor, stopper, *callbacks],
     )
     print(
         f"training {model_dir} ({model.num_parameters() / 1e6:.1f}M parameters) on {len(train_blocks)} blocks of {block_size} tokens"
@@ -502,6 +594,8 @@ def train(s: Settings, callbacks=()) -> dict | None:
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
 
+    if stopper.stopped_at is not None:
+        return {"stopped_at": stopper.stopped_at, "signal": stopper.received, "checkpoint": str(run_dir / f"checkpoint-{stopper.stopped_at}")}
     if not trainer.is_world_process_zero():
         return None
     history = trainer.state.log_history
@@ -527,7 +621,7 @@ def train(s: Settings, callbacks=()) -> dict | None:
     plot_losses(history, run_dir / LOSS_PNG, f"{model_dir.name}: {trainer.state.global_step} steps")
     (run_dir / EVAL_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     extra = {"final_checkpoint": checkpoint, "tokenizer": packed_manifest.get("tokenizer"), "block_size": block_size}
-    write_manifest(run_dir, s, inputs, extra, started)
+    write_manifest(run_dir, settings_values, inputs, extra, started)
     return report
 
 
@@ -540,6 +634,12 @@ def main(argv=None):
     if s.eval_blocks < 0:
         raise UserError(f"--eval_blocks must be >= 0 (got {s.eval_blocks})")
     report = train(s)
+    if report and "stopped_at" in report:
+        print(
+            f"stopped at step {report['stopped_at']} of {s.max_steps} ({report['signal']}); saved {report['checkpoint']}; "
+            "run the same command again to continue", file=sys.stderr,
+        )  # fmt: skip
+        sys.exit(128 + signal.Signals[report["signal"]].value)  # as if the signal had ended it: 130, 143
     if report:
         v, sp = report["validation"], report["speed"]
         before, after = v["before"], v["after"]

@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 import common
 import model_training as mt
@@ -126,32 +128,133 @@ def test_loss_falls_and_run_folder_is_complete(inputs, tmp_path):
         mt.main(argv(inputs, run, "--max_steps", 6))
 
 
-def test_resume_continues_where_it_stopped(inputs, tmp_path):
+def weights(checkpoint):
+    return AutoModelForCausalLM.from_pretrained(checkpoint).state_dict()
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ"
+
+
+def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
     run = tmp_path / "run"
     common_args = ("--max_steps", 12, "--save_strategy", "steps", "--save_steps", 6, "--eval_strategy", "no", "--eval_on_start", "false")
     mt.main(argv(inputs, run, *common_args))
     whole = read_csv(run / "loss.csv")
-    final = AutoModelForCausalLM.from_pretrained(run / "checkpoint-12").state_dict()
+    final = weights(run / "checkpoint-12")
+    fingerprint = common.read_manifest(run, "model_training")["fingerprint"]
 
-    # as if stopped after step 6's checkpoint: what a crash at step 10 leaves
-    import shutil
-
+    # as if killed after step 6's checkpoint, at step 10
     shutil.rmtree(run / "checkpoint-12")
     for name in ("manifest.json", "eval.json", "loss.png"):
         (run / name).unlink()
-    with pytest.raises(UserError, match="--resume"):
-        mt.main(argv(inputs, run, *common_args))
-    mt.main(argv(inputs, run, *common_args, "--resume"))
+    with pytest.raises(UserError, match="an unfinished run with other settings.*--resume"):
+        mt.main(argv(inputs, run, *common_args, "--learning_rate", "1e-3"))
+    mt.main(argv(inputs, run, *common_args))  # the same command continues it
 
     resumed = read_csv(run / "loss.csv")
     assert [r["step"] for r in resumed] == ["3", "6", "9", "12"]
     for a, b in zip(whole, resumed):  # same data order, same optimizer state: the same losses
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
-    again = AutoModelForCausalLM.from_pretrained(run / "checkpoint-12").state_dict()
-    assert all(torch.allclose(final[k], again[k], atol=1e-6) for k in final)
+        assert float(a["loss"]) == float(b["loss"])
+    assert_same_weights(final, weights(run / "checkpoint-12"))
     assert json.loads((run / "eval.json").read_text())["resumed_from"] == "checkpoint-6"
+    assert common.read_manifest(run, "model_training")["fingerprint"] == fingerprint
     with pytest.raises(UserError, match="pass a larger --max_steps"):
         mt.main(argv(inputs, run, *common_args, "--resume"))
+    mt.main(argv(inputs, run, *common_args, "--resume", "--max_steps", 15))  # --resume extends a finished run
+    assert [r["step"] for r in read_csv(run / "loss.csv")][-2:] == ["12", "15"]
+
+
+class InterruptAt(TrainerCallback):
+    """Sends this process SIGINT while step `step` runs, as Ctrl-C would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted(inputs, tmp_path, monkeypatch, capsys):
+    args = ("--max_steps", 30, "--eval_steps", 10, "--learning_rate", "1e-3")
+    mt.main(argv(inputs, tmp_path / "whole", *args))
+    whole = common.read_manifest(tmp_path / "whole", "model_training")
+
+    run = tmp_path / "run"
+    real_train = mt.train
+    monkeypatch.setattr(mt, "train", lambda s: real_train(s, callbacks=[InterruptAt(17)]))
+    with pytest.raises(SystemExit) as stopped:
+        mt.main(argv(inputs, run, *args))
+    assert stopped.value.code == 130
+    assert "stopped at step 17 of 30 (SIGINT)" in capsys.readouterr().err
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-17"]
+    assert not (run / "manifest.json").exists() and not (run / "eval.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    with pytest.raises(UserError, match="finish model_training.py first"):
+        import inference_demo
+
+        inference_demo.resolve_checkpoint(str(run))
+
+    monkeypatch.setattr(mt, "train", real_train)
+    mt.main(argv(inputs, run, *args))  # the same command continues from checkpoint-17
+    assert "continuing from checkpoint-17" in capsys.readouterr().out
+    assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
+    continued = common.read_manifest(run, "model_training")
+    assert continued["fingerprint"] == whole["fingerprint"]
+    report = json.loads((run / "eval.json").read_text())
+    assert [e["step"] for e in report["validation"]["history"]] == [0, 10, 20, 30]
+    assert report["validation"] == json.loads((tmp_path / "whole" / "eval.json").read_text())["validation"]
+    # loss.csv: the same rows, except step 18's, which after the restart covers step 18 only
+    rows = lambda d: {r["step"]: float(r["loss"]) for r in read_csv(d / "loss.csv")}  # noqa: E731
+    a, b = rows(tmp_path / "whole"), rows(run)
+    assert a.keys() == b.keys() and {k for k in a if a[k] != b[k]} == {"18"}
+
+
+def run_script(args, timeout=240, kill_when=None, sig=signal.SIGKILL):
+    """model_training.py as a subprocess; with kill_when, `sig` is sent once kill_when() is true."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(PROJECT / "model_training.py"), *args], cwd=PROJECT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    if kill_when:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not kill_when() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result(inputs, tmp_path):
+    args = ("--max_steps", 30, "--save_strategy", "steps", "--save_steps", 5, "--eval_steps", 15)
+    code, _, err = run_script(argv(inputs, tmp_path / "whole", *args))
+    assert code == 0, err[-2000:]
+    whole = common.read_manifest(tmp_path / "whole", "model_training")
+
+    # SIGKILL while checkpoint-10 is being written; SIGTERM once checkpoint-20 is complete
+    run = tmp_path / "run"
+    cases = [(signal.SIGKILL, lambda: (run / "checkpoint-10").exists(), -9),
+             (signal.SIGTERM, lambda: (run / "checkpoint-20" / "trainer_state.json").exists(), 143)]  # fmt: skip
+    for sig, when, expected in cases:
+        code, _, err = run_script(argv(inputs, run, *args), kill_when=when, sig=sig)
+        assert code == expected, f"{sig.name} did not land while training ran (exit {code}): {err[-1500:]}"
+        assert not (run / "manifest.json").exists()
+        if sig == signal.SIGTERM:
+            assert "stopped at step" in err and "run the same command again to continue" in err
+        code, out, err = run_script(argv(inputs, run, *args))
+        assert code == 0, err[-2000:]
+        assert "an unfinished run with these settings: continuing from checkpoint-" in out
+        assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
+        assert common.read_manifest(run, "model_training")["fingerprint"] == whole["fingerprint"]
+        if sig == signal.SIGKILL:  # the next case starts from a finished run's folder
+            (run / "manifest.json").unlink()
+            shutil.rmtree(run / "checkpoint-30")
+            for p in run.glob("checkpoint-*"):
+                if int(p.name.split("-")[1]) > 15:
+                    shutil.rmtree(p)
 
 
 def test_refuses_a_model_that_does_not_fit_the_data(inputs, tmp_path):
