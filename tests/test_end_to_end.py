@@ -3,6 +3,7 @@ outputs and manifests chain together."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,17 +48,28 @@ def manifest(folder):
     return json.loads((folder / "manifest.json").read_text())
 
 
-def test_five_stages_chain(base_dir, tmp_path):
-    work = tmp_path / "work"
+def run_pipeline(base_dir, cwd):
+    """The five scripts in order, into cwd/work; returns the four output folders and the demo's output."""
+    work = cwd / "work"
     cleaned, packed, model, run_dir = work / "cleaned", work / "packed", work / "model", work / "run"
-
-    run("data_preparation.py", "--output_dir", cleaned, cwd=tmp_path)
-    run("data_packaging.py", "--input_dir", cleaned, "--output_dir", packed, "--tokenizer", base_dir, cwd=tmp_path)
-    run("model_preparation.py", "--base", base_dir, "--packed_dir", packed, "--output_dir", model, cwd=tmp_path)
+    run("data_preparation.py", "--output_dir", cleaned, cwd=cwd)
+    run("data_packaging.py", "--input_dir", cleaned, "--output_dir", packed, "--tokenizer", base_dir, cwd=cwd)
+    run("model_preparation.py", "--base", base_dir, "--packed_dir", packed, "--output_dir", model, cwd=cwd)
     run("model_training.py", "--model_dir", model, "--packed_dir", packed, "--output_dir", run_dir,
-        "--max_steps", 6, "--warmup_steps", 2, "--learning_rate", 1e-3, cwd=tmp_path)
+        "--max_steps", 6, "--warmup_steps", 2, "--learning_rate", 1e-3, cwd=cwd)
     out = run("inference_demo.py", "--checkpoint", run_dir, "--compare_with", model, "--max_new_tokens", 5,
-              "--prompts", "The harbour", cwd=tmp_path)
+              "--prompts", "The harbour", cwd=cwd)
+    return (cleaned, packed, model, run_dir), out
+
+
+@pytest.fixture(scope="module")
+def first_run(base_dir, tmp_path_factory):
+    return run_pipeline(base_dir, tmp_path_factory.mktemp("pipeline"))
+
+
+def test_five_stages_chain(first_run):
+    (cleaned, packed, model, run_dir), out = first_run
+    cwd = cleaned.parent.parent
 
     # each stage names the previous stage's fingerprint as its input
     m1, m2, m3, m4 = manifest(cleaned), manifest(packed), manifest(model), manifest(run_dir)
@@ -85,4 +97,30 @@ def test_five_stages_chain(base_dir, tmp_path):
     assert "[greedy] The harbour" in out
 
     # re-running a finished stage skips it
-    assert "up to date" in run("data_preparation.py", "--output_dir", cleaned, cwd=tmp_path)
+    assert "up to date" in run("data_preparation.py", "--output_dir", cleaned, cwd=cwd)
+
+
+def test_a_second_run_of_the_pipeline_is_identical(base_dir, first_run):
+    """Same inputs and settings (the same folders too: settings name them), run again from scratch:
+    byte-identical cleaned and packed Parquet and model weights, the same fingerprints."""
+    first_folders, _ = first_run
+    cwd = first_folders[0].parent.parent
+    kept = cwd / "first-work"
+    (cwd / "work").rename(kept)
+    try:
+        second_folders, _ = run_pipeline(base_dir, cwd)
+        for a, b in zip(first_folders, second_folders):
+            a = kept / a.relative_to(cwd / "work")
+            assert manifest(a)["fingerprint"] == manifest(b)["fingerprint"], f"{b.name}: fingerprints differ"
+        cleaned, packed, model, run_dir = (kept / f.name for f in first_folders)
+        cleaned2, packed2, model2, run_dir2 = second_folders
+        for pattern, first, second in (("cleaned-*.parquet", cleaned, cleaned2), ("*/packed-*.parquet", packed, packed2),
+                                       ("model.safetensors", model, model2),
+                                       ("checkpoint-6/model.safetensors", run_dir, run_dir2)):  # fmt: skip
+            files = sorted(p.relative_to(first) for p in first.glob(pattern))
+            assert files and files == sorted(p.relative_to(second) for p in second.glob(pattern))
+            for f in files:
+                assert (first / f).read_bytes() == (second / f).read_bytes(), f"{f} differs between the two runs"
+    finally:
+        shutil.rmtree(cwd / "work", ignore_errors=True)
+        kept.rename(cwd / "work")
