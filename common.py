@@ -44,7 +44,7 @@ def run_main(main, argv=None) -> None:
     try:
         main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, even when a library's message has several
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: no output was written", file=sys.stderr)
@@ -490,12 +490,46 @@ def tokenizer_info(tokenizer) -> dict:
 def packed_dataset(folder, split: str):
     """A split ("train" or "validation") of data_packaging.py's output as a `datasets.Dataset`
     with an `input_ids` column of equal-length int32 blocks: memory-mapped Arrow (datasets caches
-    the Parquet files as Arrow once), so it costs no memory however large the corpus."""
+    the Parquet files as Arrow once), so it costs no memory however large the corpus. A file of
+    another type, or a block that is not the manifest's block_size long, is a UserError naming the
+    file (and row)."""
     import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     folder = Path(folder)
-    read_manifest(folder, "data_packaging", hint="run data_packaging.py first")
+    manifest = read_manifest(folder, "data_packaging", hint="run data_packaging.py first")
     files = sorted((folder / split).glob("*.parquet"))
     if not files:
         raise UserError(f"{folder / split}: no Parquet files; the splits are train and validation")
-    return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    rows = []  # per file, to name the file of a bad row
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{f}: not a readable Parquet file ({e})") from None
+        column = meta.schema_arrow.field("input_ids").type if "input_ids" in meta.schema_arrow.names else None
+        if column is None or not pa.types.is_list(column) or column.value_type != pa.int32():
+            found = f"input_ids holds {column}" if column is not None else "no input_ids column"
+            raise UserError(f"{f}: {found}; expected int32 blocks (list<int32>), as data_packaging.py writes them")
+        rows.append(meta.metadata.num_rows)
+    try:
+        dataset = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    except Exception as e:  # datasets wraps pyarrow's errors on damaged data in its own
+        cause = e.__cause__ or e
+        raise UserError(f"{folder / split}: cannot read the packed Parquet files ({type(cause).__name__}: {cause})") from None
+    # Every block block_size long: list lengths come from the offsets alone, no token is read.
+    block_size = manifest.get("block_size") or (len(dataset[0]["input_ids"]) if len(dataset) else 0)
+    lengths = pc.fill_null(pc.list_value_length(dataset.data.column("input_ids")), -1)
+    wrong = pc.not_equal(lengths, block_size)
+    if pc.any(wrong).as_py():
+        row = pc.index(wrong, True).as_py()
+        length = lengths[row].as_py()
+        for f, n in zip(files, rows):
+            if row < n:
+                break
+            row -= n
+        what = "no block (null)" if length == -1 else f"a block of {length} tokens"
+        raise UserError(f"{f}: row {row} holds {what}, but the blocks are {block_size} tokens long ({folder / MANIFEST})")
+    return dataset

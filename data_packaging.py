@@ -79,6 +79,7 @@ class Settings:
 
 def cleaned_files(input_dir) -> tuple[dict, list[Path], int]:
     """(manifest, Parquet files, number of documents) of a complete data_preparation output."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest = read_manifest(input_dir, "data_preparation", hint="run data_preparation.py first")
@@ -94,20 +95,39 @@ def cleaned_files(input_dir) -> tuple[dict, list[Path], int]:
         missing = {"text", "doc_id"} - set(meta.schema_arrow.names)
         if missing:
             raise UserError(f"{f}: no column {', '.join(sorted(missing))} (stage 1 writes text, source, doc_id)")
+        text_type = meta.schema_arrow.field("text").type
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+            raise UserError(f"{f}: column text holds {text_type}, expected strings (stage 1 writes them)")
         documents += meta.metadata.num_rows
     if documents == 0:
         raise UserError(f"{input_dir}: the cleaned data holds no documents (did every page fail a filter? see its report.json)")
     return manifest, files, documents
 
 
+def parquet_batches(f: Path, batch_size: int, columns: list[str]):
+    """A Parquet file's record batches; damaged data is an error naming the file and row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches, row = pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns), 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{f}: corrupt Parquet data after row {row} ({e}); run data_preparation.py again") from None
+        if batch is None:
+            return
+        yield batch
+        row += batch.num_rows
+
+
 def read_batches(files: list[Path], batch_size: int):
     """(texts, doc_ids) batches in input order; a null text or doc_id is an error naming the row."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     for f in files:
         row = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["text", "doc_id"]):
+        for batch in parquet_batches(f, batch_size, ["text", "doc_id"]):
             for column in ("text", "doc_id"):
                 nulls = batch.column(column).is_null()
                 if pc.any(nulls).as_py():
@@ -119,10 +139,8 @@ def read_batches(files: list[Path], batch_size: int):
 
 def doc_id_batches(files: list[Path]):
     """Just the doc_id column, in input order."""
-    import pyarrow.parquet as pq
-
     for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=100_000, columns=["doc_id"]):
+        for batch in parquet_batches(f, 100_000, ["doc_id"]):
             yield batch.column("doc_id").to_pylist()
 
 

@@ -26,8 +26,8 @@ Sources (combinable, read in the order given):
   document); code sources take .py files.
 
 Bad input stops the stage with one line naming the file (and line or row): a missing file, an empty
-file, a line that is not JSON, invalid UTF-8, a corrupt .gz, a missing text column, text that is
-not a string. A row whose text is null or empty is skipped and counted (report.json: input.skipped).
+file, a line that is not JSON, invalid UTF-8 (or a JSON-escaped lone surrogate), a corrupt .gz or
+Parquet file, a missing text column, text that is not a string. A row whose text is null or empty is skipped and counted (report.json: input.skipped).
 """
 
 from __future__ import annotations
@@ -154,6 +154,11 @@ def read_jsonl(path: Path, text_column: str):
                 text = record[text_column]
                 if text is not None and not isinstance(text, str):
                     raise UserError(f"{path}:{line_no}: {text_column!r} is {type(text).__name__}, expected a string")
+                if text and not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as e:  # JSON allows an escaped lone surrogate like \ud800
+                        raise UserError(f"{path}:{line_no}: invalid Unicode (a lone surrogate {text[e.start]!r} in {text_column!r})") from None
                 doc_id = str(record["id"]) if record.get("id") is not None else f"{path.name}:{line_no}"
                 n += 1
                 yield {"text": text or None, "source": "web", "doc_id": doc_id}
@@ -181,7 +186,14 @@ def read_parquet(path: Path, text_column: str, batch_size: int):
         raise UserError(f"{path}: empty file (no rows)")
     columns = [text_column] + (["id"] if "id" in names else [])
     row = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:  # a damaged page behind an intact footer
+            raise UserError(f"{path}: corrupt Parquet data after row {row} ({e})") from None
+        if batch is None:
+            return
         texts = batch.column(text_column).to_pylist()
         ids = batch.column("id").to_pylist() if "id" in names else [None] * len(texts)
         for text, doc_id in zip(texts, ids):

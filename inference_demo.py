@@ -71,6 +71,7 @@ def resolve_checkpoint(spec: str) -> Path | str:
 
 def load_model(spec, dtype: str, device: str):
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in ("float32", "bfloat16"):
@@ -78,9 +79,13 @@ def load_model(spec, dtype: str, device: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # no weights, a truncated file, a config that is not JSON
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{spec}: cannot load a model and tokenizer from it ({first})") from None
+    vocab_size = model.config.get_text_config().vocab_size
+    if len(tokenizer) > vocab_size:  # its ids past the embedding would crash generation
+        raise UserError(f"{spec}: its tokenizer has {len(tokenizer):,} tokens, more than the model's {vocab_size:,} embeddings; "
+                        "the tokenizer files do not belong to this model")
     return tokenizer, model.to(device).eval()
 
 

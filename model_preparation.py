@@ -236,19 +236,24 @@ def check_architecture(config, where: str) -> None:
 
 def load_base_model(spec: str, config, dtype: torch.dtype, seed: int):
     """The base's weights in `dtype`: loaded (GGUF dequantized to float), or random for a preset."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, GgufConfig
 
     if spec in PRESETS:
         return random_model(config, dtype, seed)
     gguf = gguf_location(spec)
-    if gguf:
-        # dequantize=True: plain float Linear weights to copy and train, also where the `kernels`
-        # package would otherwise keep them packed in GGUF blocks
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf[0], gguf_file=gguf[1], config=config, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
-        )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(spec, config=config, dtype=dtype)
+    try:
+        if gguf:
+            # dequantize=True: plain float Linear weights to copy and train, also where the `kernels`
+            # package would otherwise keep them packed in GGUF blocks
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf[0], gguf_file=gguf[1], config=config, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(spec, config=config, dtype=dtype)
+    except (OSError, ValueError, SafetensorError) as e:  # no weights file, a truncated or damaged one
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--base {spec}: cannot load its weights ({first})") from None
     return model.eval()
 
 
