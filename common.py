@@ -166,7 +166,9 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
     the caller then has nothing to do). The stage writes its files into `out.path`, a temporary
     folder beside `out_dir`, and adds counts to `out.manifest`. On success the manifest is written
     and the folder renamed into place; on any error the temporary folder is removed, so a reader
-    never sees a partial output: the rename is the commit.
+    never sees a partial output: the rename is the commit. Replacing an output takes two renames
+    (the old one aside, the new one in); a run killed between them leaves no output, and the
+    stage's next run puts the old one back before it starts (_remove_stale_temporaries).
 
     `inputs` identifies what the stage read (files with sizes, or the previous stage's
     fingerprint); with the settings it decides whether an existing output is up to date.
@@ -225,12 +227,19 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Remove what a killed run left beside out_dir (its process is gone)."""
+    """Remove what a killed run left beside out_dir (its process is gone). A run killed while it
+    replaced an output, between moving the old one aside (.NAME.old-PID) and moving the new one in,
+    left no out_dir: the old, complete output is put back, so the overwrite never happened."""
     if not out_dir.parent.is_dir():
         return
-    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    for p in sorted(out_dir.parent.glob(f".{out_dir.name}.*-*")):
+        kind, _, pid = p.name.removeprefix(f".{out_dir.name}.").rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _process_alive(int(pid)):
+            continue  # another output's (.NAME.x.tmp-PID), or its run is still going
+        if kind == "old" and not out_dir.exists() and (p / MANIFEST).is_file():
+            p.rename(out_dir)
+            print(f"{out_dir}: put back the previous output, which a killed --overwrite run had moved aside")
+        else:
             shutil.rmtree(p, ignore_errors=True)
 
 
