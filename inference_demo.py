@@ -53,8 +53,9 @@ class Settings:
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})
 
 
-def resolve_checkpoint(spec: str) -> Path | str:
-    """A run folder -> its latest checkpoint; a model folder as is; anything else is a hub id."""
+def resolve_checkpoint(spec: str, missing: str = "run model_training.py first, or name a model folder") -> Path | str:
+    """A run folder -> its latest checkpoint; a model folder as is; anything else is a hub id.
+    `missing`: what to do when the folder does not exist."""
     path = Path(spec)
     if (path / "config.json").is_file():
         return path
@@ -65,7 +66,7 @@ def resolve_checkpoint(spec: str) -> Path | str:
             raise UserError(f"{path}: a training run without a checkpoint-N folder")
         return checkpoints[-1]
     if os.sep in spec or spec.startswith("."):
-        raise UserError(f"{spec}: no such folder (run model_training.py first, or name a model folder)")
+        raise UserError(f"{spec}: no such folder ({missing})")
     return spec
 
 
@@ -160,9 +161,9 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
 
     trained = resolve_checkpoint(s.checkpoint)
+    before = resolve_checkpoint(s.compare_with, "run model_preparation.py first, or pass --compare_with ''") if s.compare_with else None
     runs = [("trained", str(trained), run_model("trained", trained, s, device))]
-    if s.compare_with:
-        before = resolve_checkpoint(s.compare_with)
+    if before is not None:
         runs.append(("before training", str(before), run_model("before training", before, s, device)))
 
     if s.output_file:

@@ -260,6 +260,16 @@ def test_stage2_cleaned_folder_without_manifest_is_a_partial_output(tmp_path, to
         run_stage2(tmp_path, cleaned, tok)
 
 
+def test_stage2_cleaned_folder_with_no_data_files(tmp_path, tok):
+    cleaned = write_cleaned(tmp_path / "cleaned", cleaned_table())
+    (cleaned / "cleaned-00000.parquet").unlink()
+    with pytest.raises(UserError, match=r"cleaned: no cleaned-\*.parquet files; run data_preparation.py again"):
+        run_stage2(tmp_path, cleaned, tok)
+    (cleaned / "cleaned-00000.parquet").write_bytes(b"")  # an empty file
+    with pytest.raises(UserError, match=r"cleaned-00000.parquet: not a readable Parquet file"):
+        run_stage2(tmp_path, cleaned, tok)
+
+
 # ----------------------------------------------------------------------------------------------
 # Packed data with the wrong dtype or block length: stages 3 and 4 read it (common.packed_dataset)
 
@@ -278,6 +288,16 @@ def test_packed_file_of_the_wrong_dtype_or_length_is_named(tmp_path, tok, case):
     kwargs, message = PACKED_CASES[case]
     packed = write_packed(tmp_path / "packed", tok, **kwargs)
     with pytest.raises(UserError, match=message):
+        common.packed_dataset(packed, "validation")
+
+
+def test_packed_split_empty_folder_or_empty_file(tmp_path, tok):
+    packed = write_packed(tmp_path / "packed", tok)
+    (packed / "validation" / "packed-00000.parquet").unlink()
+    with pytest.raises(UserError, match=r"packed/validation: no Parquet files; the splits are train and validation"):
+        common.packed_dataset(packed, "validation")
+    (packed / "validation" / "packed-00000.parquet").write_bytes(b"")
+    with pytest.raises(UserError, match=r"validation/packed-00000.parquet: not a readable Parquet file"):
         common.packed_dataset(packed, "validation")
 
 
@@ -339,6 +359,12 @@ def test_stage4_model_dir_damaged(tmp_path, model_dir, packed_dir, damage):
     with pytest.raises(UserError, match=rf"model-{damage}"):
         model_training.main(["--packed_dir", str(packed_dir), "--model_dir", str(model), "--output_dir",
                              str(tmp_path / "run"), "--max_steps", "1", "--bf16", "false"])
+
+
+def test_stage5_missing_comparison_model_names_stage3(tmp_path, model_dir):
+    with pytest.raises(UserError, match=r"models/none: no such folder \(run model_preparation.py first, or pass --compare_with ''\)"):
+        inference_demo.main(["--checkpoint", str(model_dir), "--compare_with", str(tmp_path / "models" / "none"),
+                             "--max_new_tokens", "2", "--output_file", str(tmp_path / "samples.md")])
 
 
 def test_stage5_tokenizer_of_another_model_is_refused(tmp_path, model_dir):
