@@ -6,6 +6,7 @@ first ones in their own files; here what they miss and what crosses stages. File
 import gzip
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -117,8 +118,6 @@ def packed_dir(tmp_path_factory, tok):
 
 def broken_model(tmp_path, model_dir, damage):
     """A copy of the model folder with one thing wrong."""
-    import shutil
-
     folder = tmp_path / f"model-{damage}"
     shutil.copytree(model_dir, folder)
     if damage == "no_weights":
@@ -370,8 +369,6 @@ def test_stage5_missing_comparison_model_names_stage3(tmp_path, model_dir):
 def test_stage5_tokenizer_of_another_model_is_refused(tmp_path, model_dir):
     """A checkpoint whose tokenizer files came from a larger tokenizer: its ids would index past
     the embedding during generation."""
-    import shutil
-
     folder = tmp_path / "mixed"
     shutil.copytree(model_dir, folder)
     big = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + WORDS + [f"w{i}" for i in range(50)])}, unk_token="<unk>"))
