@@ -296,6 +296,33 @@ def evaluate_loss(model, dataset, batch_size: int, max_batches: int | None = Non
 
 
 # ----------------------------------------------------------------------------------------------
+# Loading models, configs and tokenizers: never a folder's own code, never a pickle
+
+
+def from_pretrained(auto_class, spec, failure: str, **kwargs):
+    """`auto_class.from_pretrained(spec, **kwargs)` for files a user may not have made; a failure
+    is one line, "`failure` (the reason)".
+
+    trust_remote_code=False: a folder's own Python code (auto_map in config.json or
+    tokenizer_config.json) never runs, and transformers does not stop to ask about it. Weights
+    come from safetensors; a pytorch_model.bin goes only through torch's weights-only unpickler
+    (transformers' default), which refuses anything but tensors, so a crafted pickle cannot run a
+    command. Also turned into the one line: no weights file, a truncated one, a config that is not
+    JSON, a hub id that cannot be reached (with HF_HUB_OFFLINE=1, or without a network)."""
+    import pickle  # only for its exception: nothing here unpickles
+
+    from safetensors import SafetensorError
+
+    try:
+        return auto_class.from_pretrained(spec, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, pickle.UnpicklingError):
+            reason = "its pytorch_model.bin holds more than tensors, and unpickling it could run code; load safetensors weights instead"
+        raise UserError(f"{failure} ({reason})") from None
+
+
+# ----------------------------------------------------------------------------------------------
 # Tokenizers
 
 # The default base model (stage 3) and so the default tokenizer (stage 2): a keyword of BUNDLED.
@@ -350,15 +377,14 @@ def load_tokenizer(spec):
         raise UserError(f"tokenizer {spec!r}: a file, but neither a .gguf nor a SentencePiece .model file; {offline_default}")
     elif path.is_dir() and not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise UserError(f"tokenizer {spec!r}: a folder without tokenizer files ({', '.join(_TOKENIZER_FILES)}); {offline_default}")
-    elif path.is_dir() or _looks_like_hub_id(spec):
+    elif path.is_dir() or looks_like_hub_id(spec):
         from transformers import AutoTokenizer
 
+        where = "a folder" if path.is_dir() else "a Hugging Face hub id (not a local folder either)"
         try:
-            tokenizer = AutoTokenizer.from_pretrained(spec)
-        except (OSError, ValueError) as e:
-            where = "folder" if path.is_dir() else "Hugging Face hub id (not a local folder either)"
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"tokenizer {spec!r}: cannot load it as a {where}: {reason}; {offline_default}") from None
+            tokenizer = from_pretrained(AutoTokenizer, spec, f"tokenizer {spec!r}: cannot load it as {where}")
+        except UserError as e:
+            raise UserError(f"{e}; {offline_default}") from None
     else:
         kinds = ", ".join(BUNDLED)
         raise UserError(
@@ -374,7 +400,8 @@ def load_tokenizer(spec):
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _looks_like_hub_id(spec: str) -> bool:
+def looks_like_hub_id(spec: str) -> bool:
+    """"name" or "owner/name", the shape of a Hugging Face hub id (not a .gguf or .model file)."""
     import re
 
     return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec) is not None and not spec.endswith((".gguf", ".model"))
@@ -388,7 +415,7 @@ def _gguf_tokenizer(path: Path):
     from transformers.integrations.gguf.reader import read_gguf_metadata
 
     try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
         metadata, _ = read_gguf_metadata(str(path), ())
     except Exception as e:  # a damaged or unsupported file: many exception types
         raise UserError(f"{path}: cannot read a tokenizer from this GGUF file ({type(e).__name__}: {e})") from None

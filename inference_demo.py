@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
 from common import DEFAULT_MODEL_DIR, DEFAULT_RUN_DIR, UserError, document_boundaries, parse_settings, read_manifest, run_main
 
 
@@ -65,24 +66,24 @@ def resolve_checkpoint(spec: str, missing: str = "run model_training.py first, o
         if not checkpoints:
             raise UserError(f"{path}: a training run without a checkpoint-N folder")
         return checkpoints[-1]
-    if os.sep in spec or spec.startswith("."):
-        raise UserError(f"{spec}: no such folder ({missing})")
-    return spec
+    if common.looks_like_hub_id(spec):
+        return spec
+    raise UserError(f"{spec}: no such folder ({missing})")
 
 
 def load_model(spec, dtype: str, device: str):
     import torch
-    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"setting dtype must be float32 or bfloat16, got {dtype!r}")
+    # a folder without weights, a truncated file, a config that is not JSON, an unreachable hub id: one line
+    hint = "" if Path(spec).is_dir() else f"; the offline default is the default run's folder {DEFAULT_RUN_DIR} (python model_training.py makes it)"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=getattr(torch, dtype))
-    except (OSError, ValueError, SafetensorError) as e:  # no weights, a truncated file, a config that is not JSON
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{spec}: cannot load a model and tokenizer from it ({first})") from None
+        tokenizer = common.from_pretrained(AutoTokenizer, spec, f"{spec}: cannot load a model and tokenizer from it")
+        model = common.from_pretrained(AutoModelForCausalLM, spec, f"{spec}: cannot load a model and tokenizer from it", dtype=getattr(torch, dtype))
+    except UserError as e:
+        raise UserError(f"{e}{hint}") from None
     vocab_size = model.config.get_text_config().vocab_size
     if len(tokenizer) > vocab_size:  # its ids past the embedding would crash generation
         raise UserError(f"{spec}: its tokenizer has {len(tokenizer):,} tokens, more than the model's {vocab_size:,} embeddings; "

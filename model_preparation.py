@@ -207,18 +207,16 @@ def load_base_config(spec: str):
 
     if spec in PRESETS:
         return LlamaConfig(**PRESETS[spec][0])
+    gguf = gguf_location(spec)
     try:
-        gguf = gguf_location(spec)
         if gguf:
-            config = AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1])
+            config = common.from_pretrained(AutoConfig, gguf[0], f"--base {spec!r}: cannot load its config", gguf_file=gguf[1])
         else:
-            config = AutoConfig.from_pretrained(spec)
-    except UserError:
-        raise
-    except (OSError, ValueError) as e:
+            config = common.from_pretrained(AutoConfig, spec, f"--base {spec!r}: cannot load its config")
+    except UserError as e:
         if not Path(spec).exists() and "/" not in spec:
             raise UserError(f"--base {spec!r}: unknown base; choose {base_choices()}") from None
-        raise UserError(f"--base {spec!r}: cannot load its config ({str(e).splitlines()[0]}); choose {base_choices()}") from None
+        raise UserError(f"{e}; choose {base_choices()} (the offline default is {common.DEFAULT_BASE_MODEL!r})") from None
     check_architecture(config, spec)
     return config
 
@@ -236,24 +234,20 @@ def check_architecture(config, where: str) -> None:
 
 def load_base_model(spec: str, config, dtype: torch.dtype, seed: int):
     """The base's weights in `dtype`: loaded (GGUF dequantized to float), or random for a preset."""
-    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, GgufConfig
 
     if spec in PRESETS:
         return random_model(config, dtype, seed)
     gguf = gguf_location(spec)
-    try:
-        if gguf:
-            # dequantize=True: plain float Linear weights to copy and train, also where the `kernels`
-            # package would otherwise keep them packed in GGUF blocks
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf[0], gguf_file=gguf[1], config=config, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(spec, config=config, dtype=dtype)
-    except (OSError, ValueError, SafetensorError) as e:  # no weights file, a truncated or damaged one
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"--base {spec}: cannot load its weights ({first})") from None
+    what = f"--base {spec}: cannot load its weights"
+    if gguf:
+        # dequantize=True: plain float Linear weights to copy and train, also where the `kernels`
+        # package would otherwise keep them packed in GGUF blocks
+        model = common.from_pretrained(
+            AutoModelForCausalLM, gguf[0], what, gguf_file=gguf[1], config=config, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+        )
+    else:
+        model = common.from_pretrained(AutoModelForCausalLM, spec, what, config=config, dtype=dtype)
     return model.eval()
 
 

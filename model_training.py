@@ -409,8 +409,8 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
 
 
 def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
-    """Decide what to do with the run folder. Returns the checkpoint to resume from, None to start
-    fresh, or "up to date". Every process decides the same; only the main one changes files.
+    """Decide what to do with the run folder, changing nothing. Returns the checkpoint to resume
+    from, None to start fresh, or "up to date". Every process decides the same.
 
     A finished run (manifest.json) with the same settings and inputs is up to date. An unfinished
     one (stopped, crashed, killed) with the same settings and inputs (run.json) continues from its
@@ -427,8 +427,6 @@ def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
         if finished is None and same(started):
             if checkpoint is None:
                 print(f"{run_dir}: an unfinished run with these settings and no complete checkpoint: starting it again")
-                if s.should_save:
-                    shutil.rmtree(run_dir)
                 return None
             print(f"{run_dir}: an unfinished run with these settings: continuing from {Path(checkpoint).name}")
             return checkpoint
@@ -443,9 +441,7 @@ def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
         if step >= s.max_steps:
             raise UserError(f"{checkpoint}: already at step {step} of --max_steps {s.max_steps}; pass a larger --max_steps to train on")
         return checkpoint
-    if exists and s.should_save:
-        shutil.rmtree(run_dir)
-    return None
+    return None  # a fresh start: train() clears the folder once the inputs have loaded
 
 
 def read_json(path: Path) -> dict | None:
@@ -552,33 +548,36 @@ def train(s: Settings, callbacks=()) -> dict | None:
     tokenizer = common.load_tokenizer(model_dir)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = common.from_pretrained(AutoConfig, model_dir, f"{model_dir}: cannot load its config")
     check_model_fits_data(model_dir, config, tokenizer, s.packed_dir, packed_manifest)
-
     settings_values = comparable_settings(s)
     resume_from = prepare_run_dir(s, settings_values, inputs)
-    PartialState().wait_for_everyone()  # the main process has cleared the folder where asked
     if resume_from == "up to date":
         print(f"{run_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it, --resume continues it)")
         return None
-    if resume_from:
-        state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
-        # A run resumed at its eval_on_start already has its "before" validation.
-        s.eval_on_start = s.eval_on_start and not evaluations(state["log_history"])
-    if s.should_save:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        start_run_record(run_dir, settings_values, inputs)
-    PartialState().wait_for_everyone()
 
+    # Everything that can still refuse the inputs comes before the run folder changes.
     with s.main_process_first(desc="reading the packed blocks"):
         train_blocks, valid_blocks = load_blocks(s.packed_dir, s.eval_blocks)
     block_size = len(train_blocks[0]["input_ids"])
     if s.eval_strategy != "no" and len(valid_blocks) == 0:
         raise UserError(f"{Path(s.packed_dir) / 'validation'}: no blocks to validate on (or pass --eval_strategy no --eval_on_start false)")
-
     if s.keep_freed_memory and s.device.type == "cpu":
         keep_freed_memory()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
+    # fp32 master weights; never a pickle or the folder's own code (common.from_pretrained)
+    model = common.from_pretrained(AutoModelForCausalLM, model_dir, f"{model_dir}: cannot load its weights", dtype=torch.float32)
+
+    if resume_from:
+        state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        # A run resumed at its eval_on_start already has its "before" validation.
+        s.eval_on_start = s.eval_on_start and not evaluations(state["log_history"])
+    if s.should_save:  # the main process
+        if resume_from is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        start_run_record(run_dir, settings_values, inputs)
+    PartialState().wait_for_everyone()  # the run folder is ready
+
     monitor, stopper = Monitor(run_dir, tokenizer), StopOnSignal()
     trainer = Trainer(
         model=model,
