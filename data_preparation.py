@@ -27,7 +27,8 @@ Sources (combinable, read in the order given):
 
 Bad input stops the stage with one line naming the file (and line or row): a missing file, an empty
 file, a line that is not JSON, invalid UTF-8 (or a JSON-escaped lone surrogate), a corrupt .gz or
-Parquet file, a missing text column, text that is not a string. A row whose text is null or empty is skipped and counted (report.json: input.skipped).
+Parquet file, a missing text column, text that is not a string. A row whose text is null or empty
+is skipped and counted (report.json: input.skipped).
 """
 
 from __future__ import annotations
