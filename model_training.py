@@ -68,7 +68,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainerState, TrainingArguments
 
 import common
 from common import DEFAULT_MODEL_DIR, DEFAULT_RUN_DIR, PACKED_DIR, UserError, parse_settings, run_main
@@ -452,6 +452,10 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def trainer_state(checkpoint) -> TrainerState:
+    return TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+
+
 def start_run_record(run_dir: Path, settings_values: dict, inputs: dict) -> None:
     """run.json, and no manifest.json or eval.json until the run has finished again."""
     for name in (common.MANIFEST, EVAL_JSON):
@@ -568,9 +572,8 @@ def train(s: Settings, callbacks=()) -> dict | None:
     model = common.from_pretrained(AutoModelForCausalLM, model_dir, f"{model_dir}: cannot load its weights", dtype=torch.float32)
 
     if resume_from:
-        state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
         # A run resumed at its eval_on_start already has its "before" validation.
-        s.eval_on_start = s.eval_on_start and not evaluations(state["log_history"])
+        s.eval_on_start = s.eval_on_start and not evaluations(trainer_state(resume_from).log_history)
     if s.should_save:  # the main process
         if resume_from is None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -591,7 +594,14 @@ def train(s: Settings, callbacks=()) -> dict | None:
         f"training {model_dir} ({model.num_parameters() / 1e6:.1f}M parameters) on {len(train_blocks)} blocks of {block_size} tokens"
         f" for {s.max_steps} steps; {'bf16 autocast' if s.bf16 else 'fp32'} on {s.device.type}, {s.world_size} process(es)"
     )
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from and s.should_save:  # a kill right after the Trainer's save can leave it without the tokenizer
+        tokenizer.save_pretrained(resume_from)
+    if resume_from and trainer_state(resume_from).global_step >= s.max_steps:
+        # killed after its final checkpoint, before manifest.json: only the run folder is left to finish
+        print(f"{resume_from} is the final checkpoint: finishing the run folder")
+        trainer.state, result = trainer_state(resume_from), None
+    else:
+        result = trainer.train(resume_from_checkpoint=resume_from)
 
     if stopper.stopped_at is not None:
         return {"stopped_at": stopper.stopped_at, "signal": stopper.received, "checkpoint": str(run_dir / f"checkpoint-{stopper.stopped_at}")}
@@ -606,7 +616,7 @@ def train(s: Settings, callbacks=()) -> dict | None:
         "steps": trainer.state.global_step,
         "resumed_from": Path(resume_from).name if resume_from else None,
         "train_loss_last_logged": next((e["loss"] for e in reversed(history) if "loss" in e), None),
-        "train_loss_mean_this_call": round(result.training_loss, 5),
+        "train_loss_mean_this_call": round(result.training_loss, 5) if result else None,
         "validation": {
             "blocks": len(valid_blocks),
             "tokens": len(valid_blocks) * (block_size - 1),
@@ -615,7 +625,7 @@ def train(s: Settings, callbacks=()) -> dict | None:
             "history": valid,
         },
         "speed": speed_report(s, trainer, monitor, model, block_size),
-        "train_wall_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        "train_wall_s": round(result.metrics.get("train_runtime", 0.0), 2) if result else 0.0,
     }
     plot_losses(history, run_dir / LOSS_PNG, f"{model_dir.name}: {trainer.state.global_step} steps")
     (run_dir / EVAL_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

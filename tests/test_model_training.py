@@ -234,27 +234,24 @@ def test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result(inputs,
     assert code == 0, err[-2000:]
     whole = common.read_manifest(tmp_path / "whole", "model_training")
 
-    # SIGKILL while checkpoint-10 is being written; SIGTERM once checkpoint-20 is complete
-    run = tmp_path / "run"
-    cases = [(signal.SIGKILL, lambda: (run / "checkpoint-10").exists(), -9),
-             (signal.SIGTERM, lambda: (run / "checkpoint-20" / "trainer_state.json").exists(), 143)]  # fmt: skip
-    for sig, when, expected in cases:
-        code, _, err = run_script(argv(inputs, run, *args), kill_when=when, sig=sig)
-        assert code == expected, f"{sig.name} did not land while training ran (exit {code}): {err[-1500:]}"
+    # SIGKILL while checkpoint-10 is written; SIGTERM (as a scheduler stops a job) once checkpoint-20
+    # is complete; SIGKILL after the final checkpoint, before manifest.json
+    cases = [("mid-save", signal.SIGKILL, "checkpoint-10", -9, "continuing from checkpoint-"),
+             ("stopped", signal.SIGTERM, "checkpoint-20/trainer_state.json", 143, "continuing from checkpoint-"),
+             ("before-manifest", signal.SIGKILL, "checkpoint-30/trainer_state.json", -9, "is the final checkpoint: finishing the run folder")]  # fmt: skip
+    for name, sig, path, expected, rerun_says in cases:
+        run = tmp_path / name
+        code, _, err = run_script(argv(inputs, run, *args), kill_when=lambda: (run / path).exists(), sig=sig)
+        assert code == expected, f"{name}: {sig.name} did not land while the run was going (exit {code}): {err[-1500:]}"
         assert not (run / "manifest.json").exists()
         if sig == signal.SIGTERM:
             assert "stopped at step" in err and "run the same command again to continue" in err
         code, out, err = run_script(argv(inputs, run, *args))
         assert code == 0, err[-2000:]
-        assert "an unfinished run with these settings: continuing from checkpoint-" in out
+        assert rerun_says in out, f"{name}: {out[-1000:]}"
         assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
-        assert common.read_manifest(run, "model_training")["fingerprint"] == whole["fingerprint"]
-        if sig == signal.SIGKILL:  # the next case starts from a finished run's folder
-            (run / "manifest.json").unlink()
-            shutil.rmtree(run / "checkpoint-30")
-            for p in run.glob("checkpoint-*"):
-                if int(p.name.split("-")[1]) > 15:
-                    shutil.rmtree(p)
+        assert max(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")) == 30  # no step past max_steps
+        assert common.read_manifest(run, "model_training")["fingerprint"] == whole["fingerprint"], name
 
 
 def test_refuses_a_model_that_does_not_fit_the_data(inputs, tmp_path):
