@@ -5,6 +5,8 @@ defaults, side by side in one run, at the seed's configuration (2 blocks x 32 to
     python benchmarks/bench_training.py --shape smollm2-180m     # the default run's model (40 layers)
     python benchmarks/bench_training.py --variants course,ours   # just the two ends
     python benchmarks/bench_training.py --variants ours,ours+compile   # torch.compile too
+    python benchmarks/bench_training.py --batch_size 8 --block_size 256 --variants course,ours --steps 2 --warmup 1 --breakdown false
+                                                                 # a larger step (issue 7 item 3)
 
 Random weights (the speed does not depend on them), random token ids, no checkpoint saving, no
 validation: only optimizer steps are timed (forward + backward + optimizer, measured by a Trainer
@@ -229,6 +231,9 @@ def main(argv=None):
             f"{r['mfu']:>7.1%}{r['tokens_s'] / base['tokens_s']:>8.2f}x{r['load']:>6.2f}"
         )
     print("first (untimed) steps, s:", {r["variant"]: r["first_steps"] for r in results})
+    print("achieved GFLOP/s against both measured peaks:", {
+        r["variant"]: f"{r['achieved_gflops']:.1f} = {r['achieved_gflops'] / peaks['fp32']:.1%} of fp32, {r['achieved_gflops'] / peaks['bf16']:.0%} of bf16"
+        for r in results})  # fmt: skip
 
     if b.breakdown:
         d = in_subprocess("breakdown", argv)
