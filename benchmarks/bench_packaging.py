@@ -1,10 +1,11 @@
 """Packing speed of stage 2 (data_packaging.py): tokens/s against the bare tokenizer (the limit) and
 against the course-style way, side by side in one run.
 
-    python benchmarks/bench_packaging.py                                   # SmolLM2's tokenizer, 3 rounds
+    python benchmarks/bench_packaging.py                                   # SmolLM2's tokenizer, 2 rounds
     python benchmarks/bench_packaging.py --tokenizer mistral-32k --rounds 2
     python benchmarks/bench_packaging.py --only ours-core,bare --rounds 3
-    python benchmarks/bench_packaging.py --candidate /tmp/patched/data_packaging.py --only ours-core,cand-core,bare
+    python benchmarks/bench_packaging.py --candidate work/bench/stage2-cand/data_packaging.py \
+        --only ours,ours-core,bare,cand,cand-core              # a changed copy of the stage beside it
 
 Input: stage 1's output on the benchmark corpus (work/bench/cleaned: data_preparation.py over
 benchmarks/make_corpus.py's 60,000 pages; made if missing). Contenders, each its own process, the
@@ -24,8 +25,8 @@ stage keeps):
   ("parquet"), Dataset.map with a per-example function (tokenizer.tokenize, convert_tokens_to_ids,
   [bos] + ids + [eos], num_tokens), np.concatenate of every example's input_ids, reshape into blocks,
   .tolist(), Dataset.from_dict, to_parquet. No train/validation split.
-- course-py: the same, but the concatenation and chopping in plain Python lists (`all_ids += ids`,
-  slices of block_size), as the course is often paraphrased.
+- course-py (not in the default set): the same, but the concatenation and chopping in plain Python
+  lists (`all_ids += ids`, slices of block_size), as the course is often paraphrased.
 - cand, cand-core: `ours` / `ours-core` for a changed copy of the stage (--candidate); its output
   is checked to be identical to ours.
 
@@ -65,8 +66,8 @@ class BenchSettings:
     tokenizer: str = field(default="smollm2-135m", metadata={"help": "Tokenizer, as data_packaging.py's --tokenizer (smollm2-135m, mistral-32k, ...)."})
     block_size: int = field(default=32, metadata={"help": "Tokens per block (the stage's default and the course's)."})
     batch_size: int = field(default=1_000, metadata={"help": "Documents per tokenizer call (the stage's default)."})
-    only: str = field(default="ours,ours-core,bare,course,course-py", metadata={"help": f"Comma-separated contenders: {', '.join(CONTENDERS)}."})
-    rounds: int = field(default=3, metadata={"help": "Rounds over the contenders, interleaved; each one's fastest round counts."})
+    only: str = field(default="ours,ours-core,bare,course", metadata={"help": f"Comma-separated contenders: {', '.join(CONTENDERS)}."})
+    rounds: int = field(default=2, metadata={"help": "Rounds over the contenders, interleaved; each one's fastest round counts."})
     candidate: str = field(default="", metadata={"help": "A changed copy of data_packaging.py, run as cand / cand-core."})
     work: str = field(default="work/bench/stage2", metadata={"help": "Where contenders write their outputs, logs and results.json."})
     one: str = field(default="", metadata={"help": "(internal) run this one contender in this process and print its result as JSON."})
@@ -330,6 +331,8 @@ def main(argv=None):
     if any(n.startswith("cand") for n in names) and not b.candidate:
         raise UserError("--only cand / cand-core need --candidate (a changed copy of data_packaging.py)")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    # a candidate copy outside the project still imports common
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
     from bench_data_preparation import measure  # wall, CPU and peak RSS of a process tree
 
     cleaned = (PROJECT_DIR / b.cleaned).resolve()
