@@ -437,7 +437,7 @@ def prepare_run_dir(s: Settings, settings_values: dict, inputs: dict):
             raise UserError(
                 f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)"
             )
-        step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+        step = trainer_state(checkpoint).global_step
         if step >= s.max_steps:
             raise UserError(f"{checkpoint}: already at step {step} of --max_steps {s.max_steps}; pass a larger --max_steps to train on")
         return checkpoint
