@@ -523,6 +523,24 @@ def tokenizer_info(tokenizer) -> dict:
 # Packed data
 
 
+def parquet_batches(path: Path, batch_size: int, columns: list[str], hint: str = ""):
+    """A Parquet file's record batches; damaged data (a page behind an intact footer) is one line
+    naming the file and the row, then `hint`. Stages 1 and 2 read their Parquet input with it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches, row = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns), 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path}: corrupt Parquet data after row {row} ({e}){hint}") from None
+        if batch is None:
+            return
+        yield batch
+        row += batch.num_rows
+
+
 def packed_dataset(folder, split: str):
     """A split ("train" or "validation") of data_packaging.py's output as a `datasets.Dataset`
     with an `input_ids` column of equal-length int32 blocks: memory-mapped Arrow (datasets caches

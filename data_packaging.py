@@ -43,6 +43,7 @@ from common import (
     PACKED_DIR,
     UserError,
     load_tokenizer,
+    parquet_batches,
     parse_settings,
     read_manifest,
     run_main,
@@ -52,6 +53,7 @@ from common import (
 
 STAGE = "data_packaging"
 SPLITS = ("train", "validation")
+AGAIN = "; run data_preparation.py again"  # what to do about damaged cleaned data
 
 
 @dataclass
@@ -104,30 +106,13 @@ def cleaned_files(input_dir) -> tuple[dict, list[Path], int]:
     return manifest, files, documents
 
 
-def parquet_batches(f: Path, batch_size: int, columns: list[str]):
-    """A Parquet file's record batches; damaged data is an error naming the file and row."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    batches, row = pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns), 0
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as e:
-            raise UserError(f"{f}: corrupt Parquet data after row {row} ({e}); run data_preparation.py again") from None
-        if batch is None:
-            return
-        yield batch
-        row += batch.num_rows
-
-
 def read_batches(files: list[Path], batch_size: int):
     """(texts, doc_ids) batches in input order; a null text or doc_id is an error naming the row."""
     import pyarrow.compute as pc
 
     for f in files:
         row = 0
-        for batch in parquet_batches(f, batch_size, ["text", "doc_id"]):
+        for batch in parquet_batches(f, batch_size, ["text", "doc_id"], AGAIN):
             for column in ("text", "doc_id"):
                 nulls = batch.column(column).is_null()
                 if pc.any(nulls).as_py():
@@ -140,7 +125,7 @@ def read_batches(files: list[Path], batch_size: int):
 def doc_id_batches(files: list[Path]):
     """Just the doc_id column, in input order."""
     for f in files:
-        for batch in parquet_batches(f, 100_000, ["doc_id"]):
+        for batch in parquet_batches(f, 100_000, ["doc_id"], AGAIN):
             yield batch.column("doc_id").to_pylist()
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import xxhash
 
-from common import CLEANED_DIR, PROJECT_DIR, UserError, parse_settings, run_main, stage_output
+from common import CLEANED_DIR, PROJECT_DIR, UserError, parquet_batches, parse_settings, run_main, stage_output
 
 STDLIB_MODULES = [  # present in every CPython from 3.10 on
     "argparse.py",
@@ -187,14 +187,7 @@ def read_parquet(path: Path, text_column: str, batch_size: int):
         raise UserError(f"{path}: empty file (no rows)")
     columns = [text_column] + (["id"] if "id" in names else [])
     row = 0
-    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as e:  # a damaged page behind an intact footer
-            raise UserError(f"{path}: corrupt Parquet data after row {row} ({e})") from None
-        if batch is None:
-            return
+    for batch in parquet_batches(path, batch_size, columns):
         texts = batch.column(text_column).to_pylist()
         ids = batch.column("id").to_pylist() if "id" in names else [None] * len(texts)
         for text, doc_id in zip(texts, ids):

@@ -571,9 +571,10 @@ def train(s: Settings, callbacks=()) -> dict | None:
     # fp32 master weights; never a pickle or the folder's own code (common.from_pretrained)
     model = common.from_pretrained(AutoModelForCausalLM, model_dir, f"{model_dir}: cannot load its weights", dtype=torch.float32)
 
-    if resume_from:
+    resumed = trainer_state(resume_from) if resume_from else None
+    if resumed:
         # A run resumed at its eval_on_start already has its "before" validation.
-        s.eval_on_start = s.eval_on_start and not evaluations(trainer_state(resume_from).log_history)
+        s.eval_on_start = s.eval_on_start and not evaluations(resumed.log_history)
     if s.should_save:  # the main process
         if resume_from is None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -596,10 +597,10 @@ def train(s: Settings, callbacks=()) -> dict | None:
     )
     if resume_from and s.should_save:  # a kill right after the Trainer's save can leave it without the tokenizer
         tokenizer.save_pretrained(resume_from)
-    if resume_from and trainer_state(resume_from).global_step >= s.max_steps:
+    if resumed and resumed.global_step >= s.max_steps:
         # killed after its final checkpoint, before manifest.json: only the run folder is left to finish
         print(f"{resume_from} is the final checkpoint: finishing the run folder")
-        trainer.state, result = trainer_state(resume_from), None
+        trainer.state, result = resumed, None
     else:
         result = trainer.train(resume_from_checkpoint=resume_from)
 
