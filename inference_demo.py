@@ -20,8 +20,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import common
-from common import DEFAULT_MODEL_DIR, DEFAULT_RUN_DIR, UserError, document_boundaries, parse_settings, read_manifest, run_main
+from minipretrain.loading import from_pretrained, looks_like_hub_id
+from minipretrain.settings import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_RUN_DIR,
+    UserError,
+    parse_settings,
+    run_main,
+)
+from minipretrain.stages import read_manifest
+from minipretrain.tokenization import document_boundaries
 
 
 @dataclass
@@ -66,7 +74,7 @@ def resolve_checkpoint(spec: str, missing: str = "run model_training.py first, o
         if not checkpoints:
             raise UserError(f"{path}: a training run without a checkpoint-N folder")
         return checkpoints[-1]
-    if common.looks_like_hub_id(spec):
+    if looks_like_hub_id(spec):
         return spec
     raise UserError(f"{spec}: no such folder ({missing})")
 
@@ -80,8 +88,8 @@ def load_model(spec, dtype: str, device: str):
     # a folder without weights, a truncated file, a config that is not JSON, an unreachable hub id: one line
     hint = "" if Path(spec).is_dir() else f"; the offline default is the default run's folder {DEFAULT_RUN_DIR} (python model_training.py makes it)"
     try:
-        tokenizer = common.from_pretrained(AutoTokenizer, spec, f"{spec}: cannot load a model and tokenizer from it")
-        model = common.from_pretrained(AutoModelForCausalLM, spec, f"{spec}: cannot load a model and tokenizer from it", dtype=getattr(torch, dtype))
+        tokenizer = from_pretrained(AutoTokenizer, spec, f"{spec}: cannot load a model and tokenizer from it")
+        model = from_pretrained(AutoModelForCausalLM, spec, f"{spec}: cannot load a model and tokenizer from it", dtype=getattr(torch, dtype))
     except UserError as e:
         raise UserError(f"{e}{hint}") from None
     vocab_size = model.config.get_text_config().vocab_size

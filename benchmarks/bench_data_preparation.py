@@ -52,7 +52,7 @@ LANGUAGE, MIN_LANGUAGE_SCORE = "en", 0.4
 
 
 def lid_model_path() -> str:
-    from data_preparation import language_model_path
+    from minipretrain.filters import language_model_path
 
     return str(language_model_path("lid.176.ftz"))
 
@@ -149,7 +149,7 @@ def run_course(corpus: Path, out: Path) -> None:
 def run_bare(corpus: Path, out: Path) -> None:
     import fasttext
 
-    import data_preparation as dp
+    from minipretrain import dedup, filters
 
     model = fasttext.load_model(lid_model_path())
     seen, kept, lid_s = set(), [], 0.0
@@ -158,14 +158,14 @@ def run_bare(corpus: Path, out: Path) -> None:
             for line in f:
                 d = json.loads(line)
                 text = d["text"]
-                if dp.paragraph_length_filter(text) is not True or dp.repetition_filter(text) is not True:
+                if filters.paragraph_length_filter(text) is not True or filters.repetition_filter(text) is not True:
                     continue
-                digest = dp.text_digest(text)
+                digest = dedup.text_digest(text)
                 if digest in seen:
                     continue
                 seen.add(digest)
                 t = time.perf_counter()
-                ok = dp.language_filter(model, text)
+                ok = filters.language_filter(model, text)
                 lid_s += time.perf_counter() - t
                 if ok is True:
                     kept.append(d["id"])
@@ -179,8 +179,12 @@ def run_bare(corpus: Path, out: Path) -> None:
 def run_datatrove(corpus: Path, out: Path, tasks: int) -> None:
     from datatrove.data import Document
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
-                                                      ExactFindDedups)
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
     from datatrove.pipeline.filters import GopherRepetitionFilter, LanguageFilter
     from datatrove.pipeline.filters.base_filter import BaseFilter
     from datatrove.pipeline.readers import JsonlReader

@@ -36,7 +36,8 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from common import DEFAULT_MODEL_DIR, UserError, library_versions, parse_settings, run_main  # noqa: E402
+from minipretrain.settings import DEFAULT_MODEL_DIR, UserError, parse_settings, run_main
+from minipretrain.stages import library_versions  # noqa: E402
 
 
 @dataclass

@@ -55,7 +55,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 sys.path[:0] = [str(PROJECT_DIR), str(BENCH_DIR)]
 
-from common import UserError, parse_settings, run_main  # noqa: E402
+from minipretrain.settings import UserError, parse_settings, run_main  # noqa: E402
 
 CONTENDERS = ["ours", "ours-core", "bare", "course", "course-py", "cand", "cand-core"]
 
@@ -144,7 +144,7 @@ class Phases:
 
 def run_core(b: BenchSettings, stage_path: str) -> dict:
     """pack() of the stage (or of a candidate), in this process, with its phases timed apart."""
-    from common import load_tokenizer, tokenizer_info
+    from minipretrain.tokenization import load_tokenizer, tokenizer_info
 
     dp = load_stage(stage_path)
     tokenizer = load_tokenizer(b.tokenizer)
@@ -176,7 +176,7 @@ def run_bare(b: BenchSettings) -> dict:
     import pyarrow.parquet as pq
 
     import data_packaging as dp
-    from common import load_tokenizer
+    from minipretrain.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(b.tokenizer)
     result = {}
@@ -212,7 +212,7 @@ def run_course(b: BenchSettings, python_lists: bool) -> dict:
     import datasets
     import numpy as np
 
-    from common import document_boundaries, load_tokenizer
+    from minipretrain.tokenization import document_boundaries, load_tokenizer
 
     tokenizer = load_tokenizer(b.tokenizer)
     bos_id, eos_id, _ = document_boundaries(tokenizer)  # SmolLM2's GGUF reports chat tokens as bos/eos
@@ -331,9 +331,11 @@ def main(argv=None):
     if any(n.startswith("cand") for n in names) and not b.candidate:
         raise UserError("--only cand / cand-core need --candidate (a changed copy of data_packaging.py)")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    # a candidate copy outside the project still imports common
+    # a candidate copy outside the project still imports minipretrain
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
-    from bench_data_preparation import measure  # wall, CPU and peak RSS of a process tree
+    from bench_data_preparation import (
+        measure,  # wall, CPU and peak RSS of a process tree
+    )
 
     cleaned = (PROJECT_DIR / b.cleaned).resolve()
     ensure_cleaned(cleaned)

@@ -45,7 +45,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 
 import model_training as mt
-from common import UserError, parse_settings, run_main
+from minipretrain import training
+from minipretrain.settings import UserError, parse_settings, run_main
 
 SHAPES = {
     # the seed's 12-layer TinySolar-248m depth up-scaled to 16 layers (bottom 8 + top 8)
@@ -130,7 +131,7 @@ def run_variant(name: str, b: BenchSettings, blocks) -> dict:
     s_step = sum(timed) / len(timed)
     n = len(timed)
     precision = "bf16" if args.bf16 else "fp32"
-    fpt = mt.flops_per_token(model, b.block_size)
+    fpt = training.flops_per_token(model, b.block_size)
     tokens_s = b.batch_size * b.block_size / s_step
     result = {
         "variant": name, "precision": precision, "checkpointing": bool(args.activation_checkpointing),
@@ -207,7 +208,7 @@ def main(argv=None):
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t") if Path("/proc/cpuinfo").exists() else "?"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load:.2f}")
-    peaks = {d: mt.matmul_peak_gflops(d) for d in ("fp32", "bf16")}
+    peaks = {d: training.matmul_peak_gflops(d) for d in ("fp32", "bf16")}
     print(f"matmul peak: fp32 {peaks['fp32']} GFLOP/s, bf16 {peaks['bf16']} GFLOP/s; bf16 hardware: {mt.bf16_supported(cpu=True)}")
     print(f"shape {b.shape}, {b.batch_size} x {b.block_size} tokens a step, {b.warmup} warm-up + {b.steps} timed steps per variant\n")
 

@@ -20,12 +20,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import common
 import data_packaging
 import data_preparation
 import inference_demo
 import model_preparation
-from common import PROJECT_DIR, UserError
+from minipretrain import packing, stages, tokenization
+from minipretrain.settings import PROJECT_DIR, UserError
 
 WORDS = "the a cat dog sat ran on under mat rug and then it was big small red blue one two".split()
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -54,10 +54,10 @@ def write_model(folder: Path, tokenizer) -> Path:
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
                          max_position_embeddings=64)
-    with common.stage_output(folder, "model_preparation", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(folder, "model_preparation", FixtureSettings(), {}, overwrite=True) as out:
         LlamaForCausalLM(config).save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        out.manifest["tokenizer"] = common.tokenizer_info(tokenizer)
+        out.manifest["tokenizer"] = tokenization.tokenizer_info(tokenizer)
     return folder
 
 
@@ -65,19 +65,19 @@ def write_packed(folder: Path, tokenizer, rows=None, column=None) -> Path:
     """A stage-2 output of 8 train and 4 validation blocks of BLOCK tokens, or the `rows` / Arrow
     `column` given, written as the validation and the train split."""
     g = torch.Generator().manual_seed(0)
-    with common.stage_output(folder, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(folder, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
         for split, n in (("train", 8), ("validation", 4)):
             (out.path / split).mkdir()
             data = rows if rows is not None else torch.randint(3, len(tokenizer), (n, BLOCK), generator=g).tolist()
             array = column if column is not None else pa.array(data, type=pa.list_(pa.int32()))
             pq.write_table(pa.table({"input_ids": array}), out.path / split / "packed-00000.parquet")
-        out.manifest |= {"block_size": BLOCK, "tokenizer": common.tokenizer_info(tokenizer)}
+        out.manifest |= {"block_size": BLOCK, "tokenizer": tokenization.tokenizer_info(tokenizer)}
     return folder
 
 
 def write_cleaned(folder: Path, table: pa.Table) -> Path:
     """A stage-1 output holding `table` as its one Parquet file."""
-    with common.stage_output(folder, "data_preparation", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(folder, "data_preparation", FixtureSettings(), {}, overwrite=True) as out:
         pq.write_table(table, out.path / "cleaned-00000.parquet")
     return folder
 
@@ -270,7 +270,7 @@ def test_stage2_cleaned_folder_with_no_data_files(tmp_path, tok):
 
 
 # ----------------------------------------------------------------------------------------------
-# Packed data with the wrong dtype or block length: stages 3 and 4 read it (common.packed_dataset)
+# Packed data with the wrong dtype or block length: stages 3 and 4 read it (packing.packed_dataset)
 
 PACKED_CASES = {
     "int64": (dict(column=pa.array([[5] * BLOCK] * 4, pa.list_(pa.int64()))), r"input_ids holds list<.*int64>; expected int32 blocks"),
@@ -287,17 +287,17 @@ def test_packed_file_of_the_wrong_dtype_or_length_is_named(tmp_path, tok, case):
     kwargs, message = PACKED_CASES[case]
     packed = write_packed(tmp_path / "packed", tok, **kwargs)
     with pytest.raises(UserError, match=message):
-        common.packed_dataset(packed, "validation")
+        packing.packed_dataset(packed, "validation")
 
 
 def test_packed_split_empty_folder_or_empty_file(tmp_path, tok):
     packed = write_packed(tmp_path / "packed", tok)
     (packed / "validation" / "packed-00000.parquet").unlink()
     with pytest.raises(UserError, match=r"packed/validation: no Parquet files; the splits are train and validation"):
-        common.packed_dataset(packed, "validation")
+        packing.packed_dataset(packed, "validation")
     (packed / "validation" / "packed-00000.parquet").write_bytes(b"")
     with pytest.raises(UserError, match=r"validation/packed-00000.parquet: not a readable Parquet file"):
-        common.packed_dataset(packed, "validation")
+        packing.packed_dataset(packed, "validation")
 
 
 def test_stage3_evaluates_only_well_formed_packed_data(tmp_path, tok, model_dir):

@@ -33,11 +33,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import common
 import data_packaging
 import data_preparation
 import model_preparation
-from common import PROJECT_DIR, UserError
+from minipretrain import packing, stages, tokenization
+from minipretrain.settings import PROJECT_DIR, UserError
 
 HOOK = r"""
 import os, runpy, sys, time
@@ -125,7 +125,7 @@ def temporaries(out: Path) -> list[str]:
 
 def files_of(out: Path) -> dict:
     """What identifies an output: its files' hashes and its fingerprint (from the manifest)."""
-    manifest = json.loads((out / common.MANIFEST).read_text())
+    manifest = json.loads((out / stages.MANIFEST).read_text())
     return {"files": manifest["files"], "fingerprint": manifest["fingerprint"]}
 
 
@@ -155,7 +155,7 @@ def run_crash_test(stage: Stage, root: Path) -> None:
         overwrite = []
         if point == "between_renames":  # a complete output with settings A, replaced by one with B
             shutil.copytree(reference_a, out)
-            old_manifest_inode = (out / common.MANIFEST).stat().st_ino
+            old_manifest_inode = (out / stages.MANIFEST).stat().st_ino
             overwrite = ["--overwrite"]
         procs[point] = start_paused(stage.script, point, [*stage.args_b, "--output_dir", str(out), *overwrite],
                                     root / point / "paused")
@@ -180,7 +180,7 @@ def run_crash_test(stage: Stage, root: Path) -> None:
             # The next run of the stage puts the previous complete output back (the very files,
             # not a new run's): with settings A it is up to date, nothing redone.
             stage.run(out, stage.args_a)
-            assert (out / common.MANIFEST).stat().st_ino == old_manifest_inode
+            assert (out / stages.MANIFEST).stat().st_ino == old_manifest_inode
             assert files_of(out) == files_of(reference_a) and temporaries(out) == []
             stage.run(out, stage.args_b, "--overwrite")
         else:
@@ -224,7 +224,7 @@ def test_stage1_data_preparation(tmp_path):
 def test_stage2_data_packaging(tmp_path):
     cleaned = tmp_path / "cleaned"
     texts = [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(30 + i % 17)) for i in range(200)]
-    with common.stage_output(cleaned, "data_preparation", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(cleaned, "data_preparation", FixtureSettings(), {}, overwrite=True) as out:
         table = pa.table({"text": texts, "source": ["web"] * 200, "doc_id": [f"d{i}" for i in range(200)]})
         pq.write_table(table, out.path / "cleaned-00000.parquet")
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
@@ -232,7 +232,7 @@ def test_stage2_data_packaging(tmp_path):
                    "--row_group_rows", "50", "--batch_size", "40"]
     stage = Stage(
         "data_packaging", data_packaging.main, [*common_args, "--block_size", "16"], [*common_args, "--block_size", "8"],
-        read_next=lambda out: common.packed_dataset(out, "train"), next_error="{out}: no such folder; run data_packaging.py first",
+        read_next=lambda out: packing.packed_dataset(out, "train"), next_error="{out}: no such folder; run data_packaging.py first",
     )
     reference = run_crash_test(stage, tmp_path)
     assert len(list((reference / "train").glob("packed-*.parquet"))) > 1
@@ -249,8 +249,8 @@ def test_stage3_model_preparation(tmp_path):
     LlamaForCausalLM(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
     packed = tmp_path / "packed"  # for the next stage's reader: model_training.py needs packed data first
-    with common.stage_output(packed, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
-        out.manifest |= {"block_size": 8, "tokenizer": common.tokenizer_info(tokenizer)}
+    with stages.stage_output(packed, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
+        out.manifest |= {"block_size": 8, "tokenizer": tokenization.tokenizer_info(tokenizer)}
 
     def read_next(model_dir):
         model_training.main(["--model_dir", str(model_dir), "--packed_dir", str(packed), "--output_dir", str(tmp_path / "run")])

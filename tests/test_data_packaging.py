@@ -1,4 +1,4 @@
-"""Stage 2 and the tokenizer functions of common.py: round trip, block arithmetic, the split,
+"""Stage 2 and the tokenizer functions of minipretrain/tokenization.py: round trip, block arithmetic, the split,
 the Parquet output, the manifest, clear errors; the bundled tokenizers and their fingerprints."""
 
 import dataclasses
@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import common
 import data_packaging as dp
-from common import UserError
+from minipretrain import loading, packing, settings, stages, tokenization
+from minipretrain.settings import UserError
 
 BLOCK = 16
 PROSE = [
@@ -48,7 +48,7 @@ class FakeStage1:
 def write_cleaned(folder, docs, per_file=15):
     """A complete data_preparation output: cleaned-*.parquet (text, source, doc_id) and manifest."""
     schema = pa.schema([("text", pa.string()), ("source", pa.string()), ("doc_id", pa.string())])
-    with common.stage_output(folder, "data_preparation", FakeStage1(), {}, True) as out:
+    with stages.stage_output(folder, "data_preparation", FakeStage1(), {}, True) as out:
         chunks = [docs[i : i + per_file] for i in range(0, len(docs), per_file)] or [[]]
         for shard, chunk in enumerate(chunks):
             pq.write_table(pa.Table.from_pylist(chunk, schema=schema), out.path / f"cleaned-{shard:05d}.parquet")
@@ -58,14 +58,14 @@ def write_cleaned(folder, docs, per_file=15):
 @pytest.fixture(scope="session")
 def smollm():
     started = time.perf_counter()
-    tokenizer = common.load_tokenizer("smollm2-135m")
+    tokenizer = tokenization.load_tokenizer("smollm2-135m")
     print(f"\nloading the bundled SmolLM2 GGUF tokenizer took {time.perf_counter() - started:.2f} s")
     return tokenizer
 
 
 @pytest.fixture(scope="module")
 def mistral():
-    return common.load_tokenizer("mistral-32k")
+    return tokenization.load_tokenizer("mistral-32k")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_parquet_is_int32_fixed_length_sharded_and_readable(packed):
         assert pq.read_table(out / split).num_rows == rows
         loaded = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
         assert len(loaded) == rows and len(loaded[0]["input_ids"]) == BLOCK
-        ds = common.packed_dataset(out, split)
+        ds = packing.packed_dataset(out, split)
         assert len(ds) == rows and ds.features["input_ids"].feature.dtype == "int32"
     assert manifest["counts"]["train"]["shards"] > 1  # 40 rows a shard: the sharding was exercised
 
@@ -205,7 +205,7 @@ def test_manifest_fields(packed, smollm):
     out, m = packed
     assert m["stage"] == "data_packaging" and len(m["fingerprint"]) == 64
     assert m["block_size"] == BLOCK and m["seed"] == 42
-    assert m["tokenizer"] == common.tokenizer_info(smollm) | {"name": "smollm2-135m"}
+    assert m["tokenizer"] == tokenization.tokenizer_info(smollm) | {"name": "smollm2-135m"}
     assert "<|endoftext|>" in m["tokenizer"]["boundary_note"] and "<|im_start|>" in m["tokenizer"]["boundary_note"]
     assert m["inputs"]["tokenizer"] == m["tokenizer"]["fingerprint"]
     for split in ("train", "validation"):
@@ -276,20 +276,20 @@ def test_errors_name_the_problem(cleaned, packed, tmp_path):
 def test_command_line_error_is_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "data_packaging.py", "--input_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")],
-        cwd=common.PROJECT_DIR, capture_output=True, text=True, timeout=120,
+        cwd=settings.PROJECT_DIR, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: no such folder; run data_preparation.py first"]
 
 
 # ----------------------------------------------------------------------------------------------
-# common.py: tokenizers
+# minipretrain/tokenization.py
 
 
 def test_smollm2_tokenizer(smollm):
     assert smollm.is_fast and len(smollm) == 49_152
     assert (smollm.bos_token, smollm.eos_token) == ("<|im_start|>", "<|im_end|>")  # what the GGUF reports
-    bos, eos, note = common.document_boundaries(smollm)
+    bos, eos, note = tokenization.document_boundaries(smollm)
     assert (bos, eos) == (0, 0) and smollm.convert_ids_to_tokens(0) == "<|endoftext|>" and "chat-turn" in note
     for text in PROSE + [CODE]:
         assert smollm.decode(doc_tokens(smollm, text)) == text
@@ -300,9 +300,9 @@ def test_smollm2_tokenizer(smollm):
 def test_mistral_tokenizer_matches_sentencepiece(mistral):
     import sentencepiece
 
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(common.bundled_file("mistral-32k")))
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(loading.bundled_file("mistral-32k")))
     assert len(mistral) == sp.vocab_size() == 32_000
-    assert common.document_boundaries(mistral)[:2] == (1, 2)
+    assert tokenization.document_boundaries(mistral)[:2] == (1, 2)
     rng = random.Random(0)
     pieces = [" ", "  ", "   ", "\n", "\n    ", "\t", "a", "The", "x1", "\u00e9", "\U0001f999", "<s>", "</s>", "42", ".", ","]
     texts = PROSE + [CODE, "", " lead", "trail "] + ["".join(rng.choices(pieces, k=rng.randint(1, 25))) for _ in range(300)]
@@ -318,9 +318,9 @@ def test_fingerprint_survives_save_and_reload(name, smollm, mistral, tmp_path):
     tokenizer = smollm if name == "smollm2-135m" else mistral
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert common.tokenizer_fingerprint(reloaded) == common.tokenizer_fingerprint(tokenizer)
-    via_folder = common.load_tokenizer(str(tmp_path))  # the Hugging Face folder path of load_tokenizer
-    assert common.tokenizer_info(via_folder) == common.tokenizer_info(tokenizer) | {"name": str(tmp_path)}
+    assert tokenization.tokenizer_fingerprint(reloaded) == tokenization.tokenizer_fingerprint(tokenizer)
+    via_folder = tokenization.load_tokenizer(str(tmp_path))  # the Hugging Face folder path of load_tokenizer
+    assert tokenization.tokenizer_info(via_folder) == tokenization.tokenizer_info(tokenizer) | {"name": str(tmp_path)}
     text = PROSE[1] + CODE
     assert doc_tokens(via_folder, text) == doc_tokens(tokenizer, text)
 
@@ -328,29 +328,29 @@ def test_fingerprint_survives_save_and_reload(name, smollm, mistral, tmp_path):
 def test_fingerprint_tells_tokenizers_apart(smollm, mistral):
     from transformers import PreTrainedTokenizerFast
 
-    assert common.tokenizer_fingerprint(smollm) != common.tokenizer_fingerprint(mistral)
-    gguf = common.bundled_file("smollm2-135m")  # the same GGUF without the digit pre-tokenizer: other ids
+    assert tokenization.tokenizer_fingerprint(smollm) != tokenization.tokenizer_fingerprint(mistral)
+    gguf = loading.bundled_file("smollm2-135m")  # the same GGUF without the digit pre-tokenizer: other ids
     plain = PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    assert common.tokenizer_fingerprint(plain) != common.tokenizer_fingerprint(smollm)
+    assert tokenization.tokenizer_fingerprint(plain) != tokenization.tokenizer_fingerprint(smollm)
 
 
 def test_document_boundaries_fallbacks(smollm):
     from transformers import PreTrainedTokenizerFast
 
     eos_only = PreTrainedTokenizerFast(tokenizer_object=smollm.backend_tokenizer, eos_token="<|endoftext|>")
-    assert common.document_boundaries(eos_only)[:2] == (0, 0)
+    assert tokenization.document_boundaries(eos_only)[:2] == (0, 0)
     neither = PreTrainedTokenizerFast(tokenizer_object=smollm.backend_tokenizer)
     with pytest.raises(UserError, match="neither a BOS nor an EOS"):
-        common.document_boundaries(neither)
+        tokenization.document_boundaries(neither)
 
 
 def test_load_tokenizer_errors(tmp_path):
     with pytest.raises(UserError, match="not a keyword.*offline default is 'smollm2-135m'"):
-        common.load_tokenizer("missing/file.gguf")
+        tokenization.load_tokenizer("missing/file.gguf")
     with pytest.raises(UserError, match="without tokenizer files"):
-        common.load_tokenizer(str(tmp_path))
+        tokenization.load_tokenizer(str(tmp_path))
     (tmp_path / "bad.model").write_bytes(b"not a sentencepiece model")
     with pytest.raises(UserError, match="bad.model"):
-        common.load_tokenizer(str(tmp_path / "bad.model"))
+        tokenization.load_tokenizer(str(tmp_path / "bad.model"))
     with pytest.raises(UserError, match="no-such-org/no-such-tokenizer.*hub"):  # offline in tests (conftest)
-        common.load_tokenizer("no-such-org/no-such-tokenizer")
+        tokenization.load_tokenizer("no-such-org/no-such-tokenizer")

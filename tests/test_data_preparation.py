@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import data_preparation as dp
-from common import PROJECT_DIR, UserError
+from minipretrain import filters
+from minipretrain.settings import PROJECT_DIR, UserError
 
 ENGLISH = (
     "The old harbour town keeps its fishing boats in a narrow basin behind the sea wall.\n\n"
@@ -57,7 +58,7 @@ def cleaned_rows(out: Path) -> list[dict]:
 
 
 def test_paragraph_length_guard_thresholds():
-    f = dp.paragraph_length_filter
+    f = filters.paragraph_length_filter
     assert f("title\nbody line") == (False, "too_few_lines")
     assert f("abc\ndef\nghi") is True
     assert f("ab\ncd\nef") == (False, "lines_too_short")  # the 3 longest lines are 2 chars
@@ -70,10 +71,10 @@ def test_paragraph_length_guard_thresholds():
 def test_repetition_paragraph_fraction_threshold():
     unique = [f"paragraph number {i} with its own words" for i in range(6)]
     three = unique + ["x"] * 4  # 10 paragraphs, 3 of them repeats: 30% is not more than 30%
-    assert dp.repetition_filter("\n\n".join(three), max_dup_char_frac=1.0) is True
+    assert filters.repetition_filter("\n\n".join(three), max_dup_char_frac=1.0) is True
     four = unique[:5] + ["x"] * 5  # 10 paragraphs, 4 repeats
-    assert dp.repetition_filter("\n\n".join(four), max_dup_char_frac=1.0) == (False, "dup_paragraph_frac")
-    assert dp.repetition_filter("\n\n".join(four), max_dup_paragraph_frac=0.4, max_dup_char_frac=1.0) is True
+    assert filters.repetition_filter("\n\n".join(four), max_dup_char_frac=1.0) == (False, "dup_paragraph_frac")
+    assert filters.repetition_filter("\n\n".join(four), max_dup_paragraph_frac=0.4, max_dup_char_frac=1.0) is True
 
 
 def test_repetition_character_fraction_threshold():
@@ -81,10 +82,10 @@ def test_repetition_character_fraction_threshold():
     # X, X, P1, P2 joined by blank lines: 1 repeat in 4 paragraphs (25%), 20 repeated characters.
     at = "\n\n".join([x, x, "b" * 27, "c" * 27])
     assert len(at) == 100
-    assert dp.repetition_filter(at) is True  # 20 / 100 = 0.20 is not more than 0.20
+    assert filters.repetition_filter(at) is True  # 20 / 100 = 0.20 is not more than 0.20
     over = "\n\n".join([x, x, "b" * 27, "c" * 26])
-    assert dp.repetition_filter(over) == (False, "dup_char_frac")  # 20 / 99 > 0.20
-    assert dp.repetition_filter(over, max_dup_char_frac=0.25) is True
+    assert filters.repetition_filter(over) == (False, "dup_char_frac")  # 20 / 99 > 0.20
+    assert filters.repetition_filter(over, max_dup_char_frac=0.25) is True
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +96,21 @@ def lid_model():
 
 
 def test_language_filter_keeps_english_drops_others(lid_model):
-    assert dp.language_filter(lid_model, ENGLISH) is True
-    assert dp.language_filter(lid_model, FRENCH) == (False, "lang_fr")
-    assert dp.language_filter(lid_model, GERMAN) == (False, "lang_de")
-    assert dp.language_filter(lid_model, "El mercado abre a las seis y los restaurantes compran casi todo el pescado.") == (False, "lang_es")
-    assert dp.language_filter(lid_model, FRENCH, language="fr") is True
+    assert filters.language_filter(lid_model, ENGLISH) is True
+    assert filters.language_filter(lid_model, FRENCH) == (False, "lang_fr")
+    assert filters.language_filter(lid_model, GERMAN) == (False, "lang_de")
+    assert filters.language_filter(lid_model, "El mercado abre a las seis y los restaurantes compran casi todo el pescado.") == (False, "lang_es")
+    assert filters.language_filter(lid_model, FRENCH, language="fr") is True
     # the probability threshold is strict: a page scored exactly at it goes, just above it stays
     (_,), (p,) = lid_model.predict(ENGLISH.replace("\n", " "))
-    assert dp.language_filter(lid_model, ENGLISH, min_score=float(p)) == (False, "low_language_score")
-    assert dp.language_filter(lid_model, ENGLISH, min_score=float(p) - 1e-4) is True
+    assert filters.language_filter(lid_model, ENGLISH, min_score=float(p)) == (False, "low_language_score")
+    assert filters.language_filter(lid_model, ENGLISH, min_score=float(p) - 1e-4) is True
 
 
 def test_language_filter_reads_one_line(lid_model):
     # fastText predicts a single line; newlines are replaced by spaces, not glued together
     text = "The harbour\nopens early\nevery day."
-    assert dp.language_filter(lid_model, text) is True
+    assert filters.language_filter(lid_model, text) is True
 
 
 # ---- the whole stage on small corpora ------------------------------------------------------

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import inference_demo as demo
-from common import UserError
+from minipretrain.settings import UserError
 
 CORPUS = ["the harbour opens at six and the boats go out", "fresh bread from the bakery by the square",
           "def add(a, b):\n    return a + b"] * 20

@@ -21,9 +21,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-import common
 import model_preparation as mp
-from common import UserError
+from minipretrain import models, stages, tokenization
+from minipretrain.settings import UserError
 
 WORDS = "the a cat dog sat ran on under mat rug and then it was big small red blue one two".split()
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -74,7 +74,7 @@ def write_packed(folder, tokenizer, blocks=6, block_size=16, seed=0):
         "stage": "data_packaging",
         "fingerprint": "f" * 64,
         "block_size": block_size,
-        "tokenizer": common.tokenizer_info(tokenizer),
+        "tokenizer": tokenization.tokenizer_info(tokenizer),
         "counts": {"train": {"blocks": blocks}, "validation": {"blocks": blocks}},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -268,7 +268,7 @@ def test_main_writes_a_standard_model_folder(base_dir, tmp_path):
     assert model.config.pad_token_id is None and model.model.embed_tokens.padding_idx is None
     reloaded_tokenizer = AutoTokenizer.from_pretrained(out)
     assert reloaded_tokenizer("the cat sat").input_ids == tokenizer("the cat sat").input_ids
-    bos_id, eos_id, _ = common.document_boundaries(tokenizer)
+    bos_id, eos_id, _ = tokenization.document_boundaries(tokenizer)
     gen = json.loads((out / "generation_config.json").read_text())
     assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (bos_id, eos_id, eos_id)
     assert (out / "model.safetensors").is_file()
@@ -276,9 +276,9 @@ def test_main_writes_a_standard_model_folder(base_dir, tmp_path):
 
     plan = yaml.safe_load((out / "plan.yaml").read_text())
     assert [s["sources"][0]["layer_range"] for s in plan["slices"]] == [[0, 3], [1, 4]]
-    manifest = common.read_manifest(out, "model_preparation")
-    assert manifest["tokenizer"]["fingerprint"] == common.tokenizer_info(reloaded_tokenizer)["fingerprint"]
-    assert manifest["tokenizer"]["fingerprint"] == common.tokenizer_info(tokenizer)["fingerprint"]
+    manifest = stages.read_manifest(out, "model_preparation")
+    assert manifest["tokenizer"]["fingerprint"] == tokenization.tokenizer_info(reloaded_tokenizer)["fingerprint"]
+    assert manifest["tokenizer"]["fingerprint"] == tokenization.tokenizer_info(tokenizer)["fingerprint"]
 
     # the same settings again: up to date, nothing redone
     mtime = (out / "model.safetensors").stat().st_mtime_ns
@@ -334,7 +334,7 @@ def test_bad_settings(base_dir, tmp_path, args, message):
 
 
 # ----------------------------------------------------------------------------------------------
-# common.evaluate_loss
+# models.evaluate_loss
 
 
 def test_evaluate_loss_is_the_mean_over_all_predicted_tokens():
@@ -352,8 +352,8 @@ def test_evaluate_loss_is_the_mean_over_all_predicted_tokens():
     with torch.no_grad():
         logits = model(blocks).logits[:, :-1]
         per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), blocks[:, 1:].reshape(-1))
-    result = common.evaluate_loss(model, Blocks(), batch_size=2)  # batches of 2 and 1: weighted by tokens
+    result = models.evaluate_loss(model, Blocks(), batch_size=2)  # batches of 2 and 1: weighted by tokens
     assert result["tokens"] == 3 * 7
     assert math.isclose(result["loss"], per_token.item(), rel_tol=1e-5)
     assert math.isclose(result["perplexity"], math.exp(per_token.item()), rel_tol=1e-5)
-    assert common.evaluate_loss(model, Blocks(), batch_size=2, max_batches=1)["tokens"] == 2 * 7
+    assert models.evaluate_loss(model, Blocks(), batch_size=2, max_batches=1)["tokens"] == 2 * 7

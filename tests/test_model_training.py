@@ -14,11 +14,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
 
-import common
 import model_training as mt
-from common import UserError
+from minipretrain import stages, tokenization
+from minipretrain.settings import UserError
 
 PROJECT = Path(__file__).resolve().parent.parent
 WORDS = "the a cat dog sat ran on under mat rug and then it was big small red blue one two".split()
@@ -45,12 +51,12 @@ def write_packed(folder: Path, tokenizer, train_blocks=64, valid_blocks=8):
     sentence = tokenizer("the cat sat on a red mat")["input_ids"]
     stream = ([tokenizer.bos_token_id] + sentence + [tokenizer.eos_token_id]) * ((train_blocks + valid_blocks) * BLOCK // 9 + 1)
     blocks = [stream[i * BLOCK : (i + 1) * BLOCK] for i in range(train_blocks + valid_blocks)]
-    with common.stage_output(folder, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(folder, "data_packaging", FixtureSettings(), {}, overwrite=True) as out:
         for split, rows in (("train", blocks[:train_blocks]), ("validation", blocks[train_blocks:])):
             (out.path / split).mkdir()
             table = pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int32()))})
             pq.write_table(table, out.path / split / "packed-00000.parquet")
-        out.manifest |= {"block_size": BLOCK, "tokenizer": common.tokenizer_info(tokenizer)}
+        out.manifest |= {"block_size": BLOCK, "tokenizer": tokenization.tokenizer_info(tokenizer)}
     return folder
 
 
@@ -58,10 +64,10 @@ def write_model(folder: Path, tokenizer, vocab_size=None):
     """A stage-3 output: a tiny random Llama with the tokenizer, and a manifest."""
     torch.manual_seed(0)
     config = LlamaConfig(**TINY, vocab_size=vocab_size or len(tokenizer), bos_token_id=1, eos_token_id=2, max_position_embeddings=64)
-    with common.stage_output(folder, "model_preparation", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(folder, "model_preparation", FixtureSettings(), {}, overwrite=True) as out:
         LlamaForCausalLM(config).save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        out.manifest["tokenizer"] = common.tokenizer_info(tokenizer)
+        out.manifest["tokenizer"] = tokenization.tokenizer_info(tokenizer)
     return folder
 
 
@@ -114,16 +120,16 @@ def test_loss_falls_and_run_folder_is_complete(inputs, tmp_path):
     # the final checkpoint (and no other) loads as a plain model, with the tokenizer beside it
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-24"]
     model = AutoModelForCausalLM.from_pretrained(run / "checkpoint-24")
-    assert common.tokenizer_fingerprint(common.load_tokenizer(run / "checkpoint-24")) == common.tokenizer_fingerprint(tiny_tokenizer())
+    assert tokenization.tokenizer_fingerprint(tokenization.load_tokenizer(run / "checkpoint-24")) == tokenization.tokenizer_fingerprint(tiny_tokenizer())
     ids = torch.tensor([tiny_tokenizer()("<s> the cat sat on a")["input_ids"]])
     assert tiny_tokenizer().decode(model(ids).logits[0, -1].argmax()) == "red"
 
-    manifest = common.read_manifest(run, "model_training")
+    manifest = stages.read_manifest(run, "model_training")
     assert manifest["final_checkpoint"] == "checkpoint-24" and "checkpoint-24/model.safetensors" in manifest["files"]
 
     # a finished run: the same command is up to date, another one needs --overwrite or --resume
     mt.main(argv(inputs, run, "--max_steps", 24, "--eval_steps", 12))
-    assert common.read_manifest(run, "model_training")["fingerprint"] == manifest["fingerprint"]
+    assert stages.read_manifest(run, "model_training")["fingerprint"] == manifest["fingerprint"]
     with pytest.raises(UserError, match="--overwrite"):
         mt.main(argv(inputs, run, "--max_steps", 6))
 
@@ -142,7 +148,7 @@ def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
     mt.main(argv(inputs, run, *common_args))
     whole = read_csv(run / "loss.csv")
     final = weights(run / "checkpoint-12")
-    fingerprint = common.read_manifest(run, "model_training")["fingerprint"]
+    fingerprint = stages.read_manifest(run, "model_training")["fingerprint"]
 
     # as if killed after step 6's checkpoint, at step 10
     shutil.rmtree(run / "checkpoint-12")
@@ -158,7 +164,7 @@ def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
         assert float(a["loss"]) == float(b["loss"])
     assert_same_weights(final, weights(run / "checkpoint-12"))
     assert json.loads((run / "eval.json").read_text())["resumed_from"] == "checkpoint-6"
-    assert common.read_manifest(run, "model_training")["fingerprint"] == fingerprint
+    assert stages.read_manifest(run, "model_training")["fingerprint"] == fingerprint
     with pytest.raises(UserError, match="pass a larger --max_steps"):
         mt.main(argv(inputs, run, *common_args, "--resume"))
     mt.main(argv(inputs, run, *common_args, "--resume", "--max_steps", 15))  # --resume extends a finished run
@@ -179,7 +185,7 @@ class InterruptAt(TrainerCallback):
 def test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted(inputs, tmp_path, monkeypatch, capsys):
     args = ("--max_steps", 30, "--eval_steps", 10, "--learning_rate", "1e-3")
     mt.main(argv(inputs, tmp_path / "whole", *args))
-    whole = common.read_manifest(tmp_path / "whole", "model_training")
+    whole = stages.read_manifest(tmp_path / "whole", "model_training")
 
     run = tmp_path / "run"
     real_train = mt.train
@@ -200,7 +206,7 @@ def test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted(inputs, 
     mt.main(argv(inputs, run, *args))  # the same command continues from checkpoint-17
     assert "continuing from checkpoint-17" in capsys.readouterr().out
     assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
-    continued = common.read_manifest(run, "model_training")
+    continued = stages.read_manifest(run, "model_training")
     assert continued["fingerprint"] == whole["fingerprint"]
     report = json.loads((run / "eval.json").read_text())
     assert [e["step"] for e in report["validation"]["history"]] == [0, 10, 20, 30]
@@ -232,7 +238,7 @@ def test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result(inputs,
     args = ("--max_steps", 30, "--save_strategy", "steps", "--save_steps", 5, "--eval_steps", 15)
     code, _, err = run_script(argv(inputs, tmp_path / "whole", *args))
     assert code == 0, err[-2000:]
-    whole = common.read_manifest(tmp_path / "whole", "model_training")
+    whole = stages.read_manifest(tmp_path / "whole", "model_training")
 
     # SIGKILL while checkpoint-10 is written; SIGTERM (as a scheduler stops a job) once checkpoint-20
     # is complete; SIGKILL after the final checkpoint, before manifest.json
@@ -251,7 +257,7 @@ def test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result(inputs,
         assert rerun_says in out, f"{name}: {out[-1000:]}"
         assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
         assert max(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")) == 30  # no step past max_steps
-        assert common.read_manifest(run, "model_training")["fingerprint"] == whole["fingerprint"], name
+        assert stages.read_manifest(run, "model_training")["fingerprint"] == whole["fingerprint"], name
 
 
 def test_refuses_a_model_that_does_not_fit_the_data(inputs, tmp_path):

@@ -13,17 +13,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_model_training import FixtureSettings, tiny_tokenizer, write_packed
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import data_packaging
 import inference_demo
 import model_preparation
 import model_training
-import common
-from common import PROJECT_DIR, UserError
-from test_model_training import FixtureSettings, tiny_tokenizer, write_packed
+from minipretrain import stages
+from minipretrain.settings import PROJECT_DIR, UserError
 
-STAGE_SOURCES = ["common.py", "data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py", "inference_demo.py"]
+STAGE_SOURCES = ["data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py", "inference_demo.py"] + sorted(
+    p.relative_to(PROJECT_DIR).as_posix() for p in (PROJECT_DIR / "minipretrain").glob("*.py")
+)
 
 
 def calls(path: Path):
@@ -32,15 +34,15 @@ def calls(path: Path):
             func = node.func
             owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            helper = name == "from_pretrained" and (owner == "common" or isinstance(func, ast.Name))
-            yield ("common.from_pretrained" if helper else name), owner, {k.arg: k.value for k in node.keywords}, f"{path.name}:{node.lineno}"
+            helper = name == "from_pretrained" and (owner == "loading" or isinstance(func, ast.Name))
+            yield ("loading.from_pretrained" if helper else name), owner, {k.arg: k.value for k in node.keywords}, f"{path.name}:{node.lineno}"
 
 
 def test_the_stages_never_trust_remote_code_nor_unpickle():
-    """Read from the stages' source: models, configs and tokenizers load through common.from_pretrained,
+    """Read from the stages' source: models, configs and tokenizers load through loading.from_pretrained,
     and every library from_pretrained says trust_remote_code=False; nothing unpickles (no pickle.load,
     no torch.load without weights_only=True, no numpy allow_pickle)."""
-    seen = {"common.from_pretrained": 0, "from_pretrained": 0}
+    seen = {"loading.from_pretrained": 0, "from_pretrained": 0}
     for source in STAGE_SOURCES:
         for name, owner, keywords, where in calls(PROJECT_DIR / source):
             seen[name] = seen.get(name, 0) + 1
@@ -54,7 +56,7 @@ def test_the_stages_never_trust_remote_code_nor_unpickle():
             assert "allow_pickle" not in keywords or keywords["allow_pickle"].value is False, where
         assert "trust_remote_code=True" not in (PROJECT_DIR / source).read_text(), source
     # the test reads the calls it means to: stages 3, 4 and 5 load their models through the helper
-    assert seen["common.from_pretrained"] >= 7 and seen["from_pretrained"] >= 2, seen
+    assert seen["loading.from_pretrained"] >= 7 and seen["from_pretrained"] >= 2, seen
 
 
 MARKER = "code-ran.txt"
@@ -97,7 +99,7 @@ def folders(tmp_path_factory):
     with open(pickled / "pytorch_model.bin", "wb") as f:
         pickle.dump({**model.state_dict(), "payload": RunsACommand()}, f)
     cleaned = root / "cleaned"  # a stage-1 output for stage 2
-    with common.stage_output(cleaned, "data_preparation", FixtureSettings(), {}, overwrite=True) as out:
+    with stages.stage_output(cleaned, "data_preparation", FixtureSettings(), {}, overwrite=True) as out:
         table = pa.table({"text": ["the cat sat on a mat"] * 4, "source": ["web"] * 4, "doc_id": [f"d{i}" for i in range(4)]})
         pq.write_table(table, out.path / "cleaned-00000.parquet")
     return root, packed, custom, pickled

@@ -1,0 +1,15 @@
+"""The parts the five stage scripts use, one concern per module (README: "How the code is laid out").
+
+settings      the shared defaults, settings parsing (flags, JSON/YAML), UserError and run_main
+stages        atomic output folders, manifest.json, fingerprints
+sources       readers of stage 1's inputs (jsonl, parquet, txt, hf:, .py) and Parquet batches
+filters       stage 1's filters as plain functions: True or (False, reason)
+dedup         what identifies a text for de-duplication
+engines       where stage 1's filters run: this process or a pool of worker processes
+report        stage 1's filter report: printed table and funnel chart
+loading       bundled files, hub ids and safe from_pretrained (never a folder's code or a pickle)
+tokenization  loading tokenizers, document boundaries, fingerprints, batch tokenization
+packing       stage 2's token stream, blocks and Parquet shards, and packed_dataset to read them
+models        the base model, layer plans and surgery, loss over packed blocks
+training      stage 4's callbacks, speed and MFU, loss chart, run folder and resume
+"""

@@ -1,0 +1,223 @@
+"""Readers of stage 1's inputs, and of Parquet in general. Each document reader yields dicts: text,
+source ("web"/"code"), doc_id. Null or empty text is yielded as text=None so the caller can count
+it as skipped. Bad input is a UserError naming the file (and line or row).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import gzip
+import json
+import sysconfig
+import zlib
+from itertools import islice
+from pathlib import Path
+
+from minipretrain.settings import PROJECT_DIR, UserError
+
+STDLIB_MODULES = [  # present in every CPython from 3.10 on
+    "argparse.py",
+    "collections/__init__.py",
+    "dataclasses.py",
+    "functools.py",
+    "heapq.py",
+    "json/decoder.py",
+    "shlex.py",
+    "statistics.py",
+    "textwrap.py",
+]
+SAMPLE_CORPUS = PROJECT_DIR / "sample_data" / "web"
+WEB_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt")
+
+
+def expand_paths(spec: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """A file, a folder (recursively, files with `suffixes`) or a glob -> sorted files."""
+    if any(ch in spec for ch in "*?["):
+        paths = sorted(Path(p) for p in globlib.glob(spec, recursive=True) if Path(p).is_file())
+        if not paths:
+            raise UserError(f"{spec}: matches no files")
+    elif Path(spec).is_dir():
+        paths = sorted(p for p in Path(spec).rglob("*") if p.is_file() and p.name.endswith(suffixes))
+        if not paths:
+            raise UserError(f"{spec}: folder has no {', '.join(suffixes)} files")
+    elif Path(spec).is_file():
+        paths = [Path(spec)]
+    else:
+        raise UserError(f"{spec}: no such file or folder")
+    for p in paths:
+        if not p.name.endswith(suffixes):
+            raise UserError(f"{p}: unsupported file type (expected {', '.join(suffixes)})")
+    return paths
+
+
+def read_jsonl(path: Path, text_column: str):
+    opener = gzip.open if path.name.endswith(".gz") else open
+    n = 0
+    try:
+        with opener(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{line_no}: invalid UTF-8 (byte {e.start} of the line)") from None
+                try:
+                    record = json.loads(line)
+                except ValueError as e:
+                    raise UserError(f"{path}:{line_no}: not valid JSON ({e})") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+                if text_column not in record:
+                    raise UserError(
+                        f"{path}:{line_no}: no {text_column!r} field (fields: {', '.join(record) or 'none'}); "
+                        f"set --text_column"
+                    )
+                text = record[text_column]
+                if text is not None and not isinstance(text, str):
+                    raise UserError(f"{path}:{line_no}: {text_column!r} is {type(text).__name__}, expected a string")
+                if text and not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as e:  # JSON allows an escaped lone surrogate like \ud800
+                        raise UserError(f"{path}:{line_no}: invalid Unicode (a lone surrogate {text[e.start]!r} in {text_column!r})") from None
+                doc_id = str(record["id"]) if record.get("id") is not None else f"{path.name}:{line_no}"
+                n += 1
+                yield {"text": text or None, "source": "web", "doc_id": doc_id}
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{path}: truncated or corrupt gzip file ({e})") from None
+    if n == 0:
+        raise UserError(f"{path}: empty file (no documents)")
+
+
+def read_parquet(path: Path, text_column: str, batch_size: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise UserError(f"{path}: no column {text_column!r} (columns: {', '.join(names)}); set --text_column")
+    text_type = pf.schema_arrow.field(text_column).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise UserError(f"{path}: column {text_column!r} holds {text_type}, expected strings")
+    if pf.metadata.num_rows == 0:
+        raise UserError(f"{path}: empty file (no rows)")
+    columns = [text_column] + (["id"] if "id" in names else [])
+    row = 0
+    for batch in parquet_batches(path, batch_size, columns):
+        texts = batch.column(text_column).to_pylist()
+        ids = batch.column("id").to_pylist() if "id" in names else [None] * len(texts)
+        for text, doc_id in zip(texts, ids):
+            yield {"text": text or None, "source": "web", "doc_id": str(doc_id) if doc_id is not None else f"{path.name}:row{row}"}
+            row += 1
+
+
+def read_text_file(path: Path, source: str, doc_id: str) -> dict:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{line_no}: invalid UTF-8") from None
+    if not text.strip():
+        raise UserError(f"{path}: empty file")
+    return {"text": text, "source": source, "doc_id": doc_id}
+
+
+def read_hf_dataset(name: str, split: str, text_column: str, limit: int):
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split, streaming=True)
+        columns = ds.column_names or next(iter(ds)).keys()
+    except Exception as e:  # datasets raises many kinds: connection, not found, offline mode
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"hf:{name}: cannot load this dataset ({first}); without network use the offline default "
+            f"--web_sources sample, or local files"
+        ) from None
+    if text_column not in columns:
+        raise UserError(f"hf:{name}: no column {text_column!r} (columns: {', '.join(columns)}); set --text_column")
+    for i, record in enumerate(islice(ds, limit)):
+        text = record[text_column]
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"hf:{name}: row {i}: {text_column!r} is {type(text).__name__}, expected a string")
+        yield {"text": text or None, "source": "web", "doc_id": str(record.get("id") or f"{name}:row{i}")}
+
+
+def resolve_sources(s) -> tuple[list[tuple[str, object]], list[dict]]:
+    """Check every source before any work starts. Returns (readers to run, input description)."""
+    plan, described = [], []
+    web = [x for x in s.web_sources if x != "none"]
+    code = [x for x in s.code_sources if x != "none"]
+    if not web and not code:
+        raise UserError("--web_sources and --code_sources are both 'none': nothing to read")
+    for spec in web:
+        if spec.startswith("hf:"):
+            plan.append(("hf", spec[3:]))
+            described.append({"hf_dataset": spec[3:], "split": s.hf_split, "limit": s.hf_limit})
+            continue
+        for path in expand_paths(str(SAMPLE_CORPUS) if spec == "sample" else spec, WEB_SUFFIXES):
+            plan.append(("web", path))
+            described.append(describe(path))
+    for spec in code:
+        if spec == "stdlib":
+            stdlib = Path(sysconfig.get_paths()["stdlib"])
+            paths = [stdlib / m for m in STDLIB_MODULES]
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise UserError(f"code_sources stdlib: this Python lacks {', '.join(missing)}; name .py files instead")
+        else:
+            paths = expand_paths(spec, (".py",))
+        for path in paths:
+            plan.append(("code", path))
+            described.append(describe(path))
+    return plan, described
+
+
+def describe(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_documents(plan, s):
+    for kind, what in plan:
+        if kind == "hf":
+            yield from read_hf_dataset(what, s.hf_split, s.text_column, s.hf_limit)
+        elif kind == "code":
+            name = what.name if what.name != "__init__.py" else f"{what.parent.name}/__init__.py"
+            yield read_text_file(what, "code", f"code:{name}")
+        elif what.name.endswith(".parquet"):
+            yield from read_parquet(what, s.text_column, s.batch_size)
+        elif what.name.endswith(".txt"):
+            yield read_text_file(what, "web", what.name)
+        else:
+            yield from read_jsonl(what, s.text_column)
+
+
+def batched(iterable, n):
+    it = iter(iterable)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def parquet_batches(path: Path, batch_size: int, columns: list[str], hint: str = ""):
+    """A Parquet file's record batches; damaged data (a page behind an intact footer) is one line
+    naming the file and the row, then `hint`. Stages 1 and 2 read their Parquet input with it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches, row = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns), 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path}: corrupt Parquet data after row {row} ({e}){hint}") from None
+        if batch is None:
+            return
+        yield batch
+        row += batch.num_rows

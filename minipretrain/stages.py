@@ -1,0 +1,162 @@
+"""Stage outputs: each stage writes one folder atomically, with a manifest.json that says what made it.
+
+- `stage_output`: a stage's output folder, written atomically with its manifest.json;
+- `read_manifest`: the next stage's check that its input is a complete output of the stage it expects;
+- `file_sha256`, `library_versions`: what a manifest records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from minipretrain.settings import UserError, settings_dict
+
+MANIFEST = "manifest.json"
+LIBRARIES = ("torch", "transformers", "datasets", "tokenizers", "pyarrow", "numpy", "fasttext-numpy2")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def read_manifest(folder, stage: str, hint: str = "") -> dict:
+    """The manifest of a complete output of `stage` in `folder`, or a UserError saying what to run."""
+    folder = Path(folder)
+    hint = f"; {hint}" if hint else ""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder{hint}")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{folder}: no {MANIFEST}, so not a complete output of {stage}{hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("stage") != stage:
+        raise UserError(f"{folder}: an output of {manifest.get('stage')!r}, expected one of {stage!r}{hint}")
+    return manifest
+
+
+class StageOutput:
+    """The temporary folder a stage writes into; `manifest` collects what goes into manifest.json."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+
+
+@contextlib.contextmanager
+def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
+    """Write a stage's output folder atomically.
+
+    Yields a StageOutput (or None when the existing output is up to date and `overwrite` is off:
+    the caller then has nothing to do). The stage writes its files into `out.path`, a temporary
+    folder beside `out_dir`, and adds counts to `out.manifest`. On success the manifest is written
+    and the folder renamed into place; on any error the temporary folder is removed, so a reader
+    never sees a partial output: the rename is the commit. Replacing an output takes two renames
+    (the old one aside, the new one in); a run killed between them leaves no output, and the
+    stage's next run puts the old one back before it starts (_remove_stale_temporaries).
+
+    `inputs` identifies what the stage read (files with sizes, or the previous stage's
+    fingerprint); with the settings it decides whether an existing output is up to date.
+    """
+    out_dir = Path(out_dir)
+    settings_values = settings_dict(settings)
+    settings_values.pop("output_dir", None)
+    inputs = json.loads(json.dumps(inputs, default=str))
+    _remove_stale_temporaries(out_dir)
+
+    if out_dir.exists():
+        previous = None
+        if (out_dir / MANIFEST).is_file():
+            with contextlib.suppress(ValueError):
+                previous = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        up_to_date = bool(previous) and previous.get("settings") == settings_values and previous.get("inputs") == inputs
+        if not overwrite:
+            if up_to_date:
+                print(f"{out_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it)")
+                yield None
+                return
+            what = "an output made with other settings or inputs" if previous else "a folder that is not a complete output"
+            raise UserError(f"{out_dir} already exists ({what}); pass --overwrite to replace it, or choose another --output_dir")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    started = time.time()
+    manifest = {"stage": stage, "settings": settings_values, "inputs": inputs}
+    out = StageOutput(tmp, manifest)
+    try:
+        yield out
+        files = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            files[f.relative_to(tmp).as_posix()] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+        # The fingerprint covers what the output is and what made it, not when or how fast, so two
+        # identical runs have the same fingerprint and the next stage can tell when it is stale.
+        manifest["files"] = files
+        manifest["fingerprint"] = hashlib.sha256(
+            json.dumps([stage, settings_values, inputs, files], sort_keys=True).encode()
+        ).hexdigest()
+        manifest["libraries"] = library_versions()
+        manifest["wall_time_s"] = round(time.time() - started, 3)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(trash)
+            tmp.rename(out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Remove what a killed run left beside out_dir (its process is gone). A run killed while it
+    replaced an output, between moving the old one aside (.NAME.old-PID) and moving the new one in,
+    left no out_dir: the old, complete output is put back, so the overwrite never happened."""
+    if not out_dir.parent.is_dir():
+        return
+    for p in sorted(out_dir.parent.glob(f".{out_dir.name}.*-*")):
+        kind, _, pid = p.name.removeprefix(f".{out_dir.name}.").rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _process_alive(int(pid)):
+            continue  # another output's (.NAME.x.tmp-PID), or its run is still going
+        if kind == "old" and not out_dir.exists() and (p / MANIFEST).is_file():
+            p.rename(out_dir)
+            print(f"{out_dir}: put back the previous output, which a killed --overwrite run had moved aside")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
