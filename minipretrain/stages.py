@@ -69,15 +69,20 @@ class StageOutput:
 
 @contextlib.contextmanager
 def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
-    """Write a stage's output folder atomically.
+    """Write a stage's output folder atomically, make-style.
 
-    Yields a StageOutput (or None when the existing output is up to date and `overwrite` is off:
-    the caller then has nothing to do). The stage writes its files into `out.path`, a temporary
-    folder beside `out_dir`, and adds counts to `out.manifest`. On success the manifest is written
-    and the folder renamed into place; on any error the temporary folder is removed, so a reader
-    never sees a partial output: the rename is the commit. Replacing an output takes two renames
-    (the old one aside, the new one in); a run killed between them leaves no output, and the
-    stage's next run puts the old one back before it starts (_remove_stale_temporaries).
+    Yields a StageOutput, or None when the existing output is up to date (same settings, same
+    inputs) and `overwrite` is off: the caller then has nothing to do. A previous output of this
+    stage made from other settings or inputs is rebuilt, with one line saying what changed; a
+    folder or file the stage did not make is refused, with or without `overwrite`
+    (previous_output): nothing a user made is ever deleted or moved.
+
+    The stage writes its files into `out.path`, a temporary folder beside `out_dir`, and adds
+    counts to `out.manifest`. On success the manifest is written and the folder renamed into
+    place; on any error the temporary folder is removed, so a reader never sees a partial output
+    and a previous output stays as it was: the rename is the commit. Replacing an output takes two
+    renames (the old one aside, the new one in); a run killed between them leaves no output, and
+    the stage's next run puts the old one back before it starts (_remove_stale_temporaries).
 
     `inputs` identifies what the stage read (files with sizes, or the previous stage's
     fingerprint); with the settings it decides whether an existing output is up to date.
@@ -88,19 +93,14 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
     inputs = json.loads(json.dumps(inputs, default=str))
     _remove_stale_temporaries(out_dir)
 
-    if out_dir.exists():
-        previous = None
-        if (out_dir / MANIFEST).is_file():
-            with contextlib.suppress(ValueError):
-                previous = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-        up_to_date = bool(previous) and previous.get("settings") == settings_values and previous.get("inputs") == inputs
-        if not overwrite:
-            if up_to_date:
-                print(f"{out_dir} is up to date with these settings and inputs: nothing to do (--overwrite redoes it)")
-                yield None
-                return
-            what = "an output made with other settings or inputs" if previous else "a folder that is not a complete output"
-            raise UserError(f"{out_dir} already exists ({what}); pass --overwrite to replace it, or choose another --output_dir")
+    previous = previous_output(out_dir, stage)
+    if previous:  # not for no folder or an empty one
+        changes = what_changed(previous, settings_values, inputs)
+        if not changes and not overwrite:
+            print(f"{out_dir} is up to date with these settings and inputs: skipping it (--overwrite redoes it)")
+            yield None
+            return
+        print(f"{changes or '--overwrite'}: rebuilding {out_dir}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -133,6 +133,43 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def previous_output(out_dir: Path, stage: str) -> dict | None:
+    """The manifest of `stage`'s previous output in out_dir ({} for an empty folder, None for no
+    folder), or a UserError when out_dir holds anything the stage did not make: a file, another
+    stage's output, a folder without a manifest naming this stage. --overwrite does not change that."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return None
+    keep = f"it is left as it is: choose another --output_dir ({stage} replaces only its own outputs, so --overwrite will not help)"
+    if out_dir.is_symlink():
+        raise UserError(f"{out_dir}: a symbolic link; {stage} writes a folder of its own there, so name the folder it points to as --output_dir")
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir}: a file, not a folder that {stage} made; {keep}")
+    if not any(out_dir.iterdir()):
+        return {}
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("stage") != stage:
+        made_by = f"an output of {manifest.get('stage')!r}" if isinstance(manifest, dict) and manifest.get("stage") else f"a folder without a {MANIFEST} of {stage}"
+        raise UserError(f"{out_dir}: {made_by}, not one that {stage} made; {keep}")
+    return manifest
+
+
+def what_changed(previous: dict, settings_values: dict, inputs: dict) -> str:
+    """'' when `previous` (a manifest or run record) was made with these settings and inputs, else
+    one line: 'max_dup_paragraph_frac 0.3 -> 0.25', 'input cleaned changed', ..."""
+    old_settings, old_inputs = previous.get("settings") or {}, previous.get("inputs") or {}
+    show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    changes = [
+        f"{key} {show(old_settings.get(key))} -> {show(settings_values.get(key))}"
+        for key in sorted(set(old_settings) | set(settings_values))
+        if old_settings.get(key) != settings_values.get(key)
+    ]
+    changes += [f"input {key} changed" for key in sorted(set(old_inputs) | set(inputs)) if old_inputs.get(key) != inputs.get(key)]
+    return ", ".join(changes)
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:

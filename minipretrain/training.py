@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback, TrainerState, TrainingArguments
 
 from minipretrain.settings import UserError, settings_dict
-from minipretrain.stages import MANIFEST, file_sha256, library_versions, read_manifest
+from minipretrain.stages import MANIFEST, file_sha256, library_versions, read_manifest, what_changed
 from minipretrain.tokenization import tokenizer_fingerprint
 
 STAGE = "model_training"
@@ -285,39 +285,60 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
 
 
 def prepare_run_dir(s, settings_values: dict, inputs: dict):
-    """Decide what to do with the run folder, changing nothing. Returns the checkpoint to resume
-    from, None to start fresh, or "up to date". Every process decides the same.
+    """Decide what to do with the run folder, changing nothing. Returns "up to date", or (the
+    checkpoint to resume from or None, where to keep the previous run or None). Every process
+    decides the same.
 
-    A finished run (manifest.json) with the same settings and inputs is up to date. An unfinished
-    one (stopped, crashed, killed) with the same settings and inputs (run.json) continues from its
-    latest complete checkpoint, or starts again when it has none. --resume continues whatever the
-    settings (e.g. a larger --max_steps); anything else needs --overwrite."""
+    Only a run folder this stage made (its manifest.json or run.json) is ever touched; anything
+    else is refused, --overwrite or not. A finished run with the same settings and inputs is up
+    to date. An unfinished one (stopped, crashed, killed) with the same settings and inputs
+    continues from its latest complete checkpoint, or starts again when it has none. --resume
+    continues whatever the settings (e.g. a larger --max_steps); --overwrite replaces the run. A
+    run with other settings or inputs is never thrown away by a plain rerun: it is kept beside
+    the new one as NAME.1 (NAME.2, ...), and the new run starts in NAME, where stage 5 and the
+    next rerun look for it. (Only an unfinished run without a single complete checkpoint, which
+    holds nothing worth keeping, is replaced.)"""
     run_dir = Path(s.output_dir)
-    exists = run_dir.is_dir() and any(run_dir.iterdir())
-    checkpoint = last_complete_checkpoint(run_dir) if exists else None
-    if exists and not s.resume and not s.overwrite:
-        finished, started = read_json(run_dir / MANIFEST), read_json(run_dir / RUN_JSON)
-        same = lambda d: bool(d) and d.get("settings") == settings_values and d.get("inputs") == inputs  # noqa: E731
-        if same(finished):
-            return "up to date"
-        if finished is None and same(started):
-            if checkpoint is None:
-                print(f"{run_dir}: an unfinished run with these settings and no complete checkpoint: starting it again")
-                return None
-            print(f"{run_dir}: an unfinished run with these settings: continuing from {Path(checkpoint).name}")
-            return checkpoint
-        what = "a finished run with other settings or inputs" if finished else "an unfinished run with other settings or inputs"
-        raise UserError(f"{run_dir} already exists ({what}); pass --resume to continue it, --overwrite to replace it, or choose another --output_dir")
+    keep = "it is left as it is: choose another --output_dir (model_training replaces only its own run folders, so --overwrite will not help)"
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise UserError(f"{run_dir}: not a run folder that model_training made (a file or a link); {keep}")
+    if not (run_dir.is_dir() and any(run_dir.iterdir())):
+        if s.resume:
+            raise UserError(f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)")
+        return None, None
+    finished, started = read_json(run_dir / MANIFEST), read_json(run_dir / RUN_JSON)
+    finished = finished if isinstance(finished, dict) and finished.get("stage") == STAGE else None
+    started = started if isinstance(started, dict) and "settings" in started else None
+    if finished is None and started is None:
+        raise UserError(f"{run_dir}: a folder without the manifest.json or run.json of a training run; {keep}")
+    checkpoint = last_complete_checkpoint(run_dir)
     if s.resume:
         if checkpoint is None:
-            raise UserError(
-                f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)"
-            )
+            raise UserError(f"{run_dir}: no checkpoint to resume from (periodic checkpoints: --save_strategy steps --save_steps N)")
         step = trainer_state(checkpoint).global_step
         if step >= s.max_steps:
             raise UserError(f"{checkpoint}: already at step {step} of --max_steps {s.max_steps}; pass a larger --max_steps to train on")
-        return checkpoint
-    return None  # a fresh start: train() clears the folder once the inputs have loaded
+        return checkpoint, None
+    if s.overwrite:
+        print(f"--overwrite: replacing the run in {run_dir}")
+        return None, None
+    changes = what_changed(finished or started, settings_values, inputs)
+    if not changes:
+        if finished:
+            return "up to date"
+        if checkpoint is None:
+            print(f"{run_dir}: an unfinished run with these settings and no complete checkpoint: starting it again")
+            return None, None
+        print(f"{run_dir}: an unfinished run with these settings: continuing from {Path(checkpoint).name}")
+        return checkpoint, None
+    if not finished and checkpoint is None:
+        print(f"{changes}: replacing the unfinished run in {run_dir} (it has no complete checkpoint)")
+        return None, None
+    n = 1
+    while (aside := run_dir.parent / f"{run_dir.name}.{n}").exists() or aside.is_symlink():
+        n += 1
+    print(f"{changes}: keeping the {'finished' if finished else 'unfinished'} run of {run_dir} as {aside}; a new run starts in {run_dir}")
+    return None, aside
 
 
 def read_json(path: Path) -> dict | None:

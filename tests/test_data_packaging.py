@@ -244,12 +244,22 @@ def test_chop_carries_the_remainder():
     assert blocks.tolist() == [[8, 9, 10, 11]] and carry.tolist() == [12]
 
 
-def test_rerun_is_up_to_date_or_needs_overwrite(cleaned, packed, capsys):
+def test_document_boundaries_in_the_stream():
+    docs = [[5, 6], [7], [8, 9]]
+    # one shared token (SmolLM2's <|endoftext|> = 0) between two documents, and one before the first
+    shared = np.concatenate([packing.stream_start(0, 0), packing.document_stream(docs, 0, 0)])
+    assert shared.tolist() == [0, 5, 6, 0, 7, 0, 8, 9, 0]
+    # distinct tokens (Mistral's <s> 1, </s> 2): each document is <s> ... </s>
+    distinct = np.concatenate([packing.stream_start(1, 2), packing.document_stream(docs, 1, 2)])
+    assert distinct.tolist() == [1, 5, 6, 2, 1, 7, 2, 1, 8, 9, 2]
+
+
+def test_rerun_is_up_to_date_or_rebuilds_what_changed(cleaned, packed, capsys):
     out, m = packed
     run(cleaned, out)
     assert "up to date" in capsys.readouterr().out
-    with pytest.raises(UserError, match="--overwrite"):
-        run(cleaned, out, "--block_size", "8")
+    assert run(cleaned, out, "--block_size", "8")["block_size"] == 8
+    assert f"block_size {BLOCK} -> 8: rebuilding {out}" in capsys.readouterr().out
 
 
 def test_errors_name_the_problem(cleaned, packed, tmp_path):

@@ -324,21 +324,25 @@ def test_failure_mid_write_leaves_no_output(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
-def test_rerun_skips_when_up_to_date_and_needs_overwrite_otherwise(tmp_path, capsys):
+def test_rerun_skips_when_up_to_date_and_rebuilds_what_changed(tmp_path, capsys):
     src = str(write_jsonl(tmp_path / "w.jsonl", [{"text": english_page(i)} for i in range(5)]))
     out, _ = run_stage(tmp_path, "--web_sources", src, "--code_sources", "none")
     before = (out / "manifest.json").read_text()
     run_stage(tmp_path, "--web_sources", src, "--code_sources", "none")
     assert "up to date" in capsys.readouterr().out
     assert (out / "manifest.json").read_text() == before
-    with pytest.raises(UserError, match="already exists .*pass --overwrite"):
-        run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--min_lines", "4")
-    out, report = run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--min_lines", "4", "--overwrite")
+    # another setting: rebuilt without --overwrite, saying what changed
+    out, report = run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--min_lines", "4")
+    assert f"min_lines 3 -> 4: rebuilding {out}" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["settings"]["min_lines"] == 4
+    # --overwrite redoes an up-to-date output
+    run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--min_lines", "4", "--overwrite")
+    assert f"--overwrite: rebuilding {out}" in capsys.readouterr().out
     # a changed input file makes the output stale too
     Path(src).write_text(Path(src).read_text() + json.dumps({"text": english_page(99)}) + "\n")
-    with pytest.raises(UserError, match="other settings or inputs"):
-        run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--min_lines", "4")
+    out, report = run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--min_lines", "4")
+    assert f"input sources changed: rebuilding {out}" in capsys.readouterr().out
+    assert report["input"]["documents"] == 6
 
 
 def test_sigkill_mid_run_leaves_no_output_and_rerun_completes(tmp_path):

@@ -127,11 +127,15 @@ def test_loss_falls_and_run_folder_is_complete(inputs, tmp_path):
     manifest = stages.read_manifest(run, "model_training")
     assert manifest["final_checkpoint"] == "checkpoint-24" and "checkpoint-24/model.safetensors" in manifest["files"]
 
-    # a finished run: the same command is up to date, another one needs --overwrite or --resume
+    # a finished run: the same command is up to date; another one keeps it beside the new run
     mt.main(argv(inputs, run, "--max_steps", 24, "--eval_steps", 12))
     assert stages.read_manifest(run, "model_training")["fingerprint"] == manifest["fingerprint"]
-    with pytest.raises(UserError, match="--overwrite"):
-        mt.main(argv(inputs, run, "--max_steps", 6))
+    mt.main(argv(inputs, run, "--max_steps", 6))
+    kept = run.parent / f"{run.name}.1"
+    assert stages.read_manifest(kept, "model_training")["fingerprint"] == manifest["fingerprint"]
+    assert (kept / "checkpoint-24" / "model.safetensors").is_file()
+    assert stages.read_manifest(run, "model_training")["previous_run"] == str(kept)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-6"]
 
 
 def weights(checkpoint):
@@ -154,8 +158,13 @@ def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
     shutil.rmtree(run / "checkpoint-12")
     for name in ("manifest.json", "eval.json", "loss.png"):
         (run / name).unlink()
-    with pytest.raises(UserError, match="an unfinished run with other settings.*--resume"):
-        mt.main(argv(inputs, run, *common_args, "--learning_rate", "1e-3"))
+    # another command keeps an unfinished run (of a copy here) beside its new run, unchanged
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    mt.main(argv(inputs, other, *common_args, "--learning_rate", "1e-3"))
+    kept = tmp_path / "other.1"
+    assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-6"] and not (kept / "manifest.json").exists()
+    assert stages.read_manifest(other, "model_training")["settings"]["learning_rate"] == 1e-3
     mt.main(argv(inputs, run, *common_args))  # the same command continues it
 
     resumed = read_csv(run / "loss.csv")
