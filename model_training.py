@@ -75,7 +75,7 @@ from minipretrain.settings import (
     parse_settings,
     run_main,
 )
-from minipretrain.stages import read_manifest
+from minipretrain.stages import read_manifest, write_failure
 from minipretrain.tokenization import load_tokenizer
 from minipretrain.training import (
     EVAL_JSON,
@@ -284,7 +284,14 @@ def main(argv=None):
         raise UserError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
     if s.eval_blocks < 0:
         raise UserError(f"--eval_blocks must be >= 0 (got {s.eval_blocks})")
-    report = train(s)
+    try:
+        report = train(s)
+    except Exception as e:  # a full disk or read-only run folder while saving: one line, not a traceback
+        failure = write_failure(e)
+        if failure is None:
+            raise
+        raise UserError(f"{s.output_dir}: writing the run failed ({failure}); its complete checkpoints stay: "
+                        "once it can be written (space, permissions), the same command continues from the latest one") from None
     if report and "stopped_at" in report:
         print(
             f"stopped at step {report['stopped_at']} of {s.max_steps} ({report['signal']}); saved {report['checkpoint']}; "

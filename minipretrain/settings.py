@@ -33,16 +33,28 @@ class UserError(Exception):
 
 def run_main(main, argv=None, interrupted: str = "no output was written; a previous output is as it was") -> None:
     """Run a stage's main(); a UserError becomes `error: ...` on stderr and exit status 1, a Ctrl-C
-    that reaches here `interrupted: <what is true of the output then>` and exit status 130."""
+    that reaches here `interrupted: <what is true of the output then>` and exit status 130. An
+    OSError (a full disk, a read-only or permission-denied path) is one line too, naming the path
+    and what failed: the stage's temporary folder is gone by then (stages.stage_output)."""
     try:
         main(argv)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, even when a library's message has several
         sys.exit(1)
+    except OSError as e:
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)
 
+
+
+def os_error(e: OSError) -> str:
+    """'PATH: what failed' in one line, e.g. 'work/cleaned: [Errno 28] No space left on device'."""
+    what = f"[Errno {e.errno}] {e.strerror}" if e.strerror else " ".join(str(e).split()) or type(e).__name__
+    path = f"{e.filename} -> {e.filename2}" if e.filename2 else e.filename
+    return f"{path}: {what}" if path else what
 
 
 def parse_settings(settings_class, argv=None):

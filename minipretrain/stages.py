@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from minipretrain.settings import UserError, settings_dict
+from minipretrain.settings import UserError, os_error, settings_dict
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("torch", "transformers", "datasets", "tokenizers", "pyarrow", "numpy", "fasttext-numpy2")
@@ -102,10 +102,12 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
             return
         print(f"{changes or '--overwrite'}: rebuilding {out_dir}")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot write the output there ({os_error(e)})") from None
     started = time.time()
     manifest = {"stage": stage, "settings": settings_values, "inputs": inputs}
     out = StageOutput(tmp, manifest)
@@ -130,9 +132,33 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
             shutil.rmtree(trash, ignore_errors=True)
         else:
             tmp.rename(out_dir)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_failure(e)
+        if failure is None:
+            raise
+        if isinstance(e, OSError) and e.filename is not None:
+            raise  # run_main names the file
+        raise UserError(f"{out_dir}: writing the output failed ({failure}); the previous output, if any, is as it was") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_failure(e: BaseException) -> str | None:
+    """What failed, in one line, when `e` is the operating system refusing a write (a full disk, a
+    read-only place, no permission), whichever library met it: an OSError, safetensors' error
+    ("I/O error: No space left on device (os error 28)") or torch.save's ("PytorchStreamWriter
+    failed writing file ...", or "[enforce fail at inline_container.cc:672] . unexpected pos ..."
+    when the disk fills); None for any other error, which stays a traceback (a bug)."""
+    if isinstance(e, OSError):
+        return os_error(e)
+    text = " ".join(str(e).split())
+    if type(e).__name__ == "SafetensorError" and "I/O error" in text:
+        return text
+    if isinstance(e, RuntimeError) and any(s in text for s in ("PytorchStreamWriter failed", "file write failed", "inline_container.cc")):
+        return text[:300]
+    return None
 
 
 def previous_output(out_dir: Path, stage: str) -> dict | None:
