@@ -495,30 +495,33 @@ def main(argv=None):
     info: dict = {}
     device = b.device
     print(f"bench_gpu: parts {', '.join(p for p in RUN_ORDER if p in wanted)}; budget {b.budget_s:.0f} s; results -> {out}", flush=True)
-    for name in (p for p in RUN_ORDER if p in wanted):
-        left = b.budget_s - (time.perf_counter() - start)
-        need = NEEDS.get(name)
-        if need in wanted and results.get(need, {}).get("status") != "ok":
-            results[name] = {"status": f"skipped: {need} did not run"}
-        elif left < 10:
-            results[name] = {"status": "skipped: out of time"}
-        else:
-            timeout = min(b.part_timeout_s * (1.5 if name == "compile" else 1), left)
-            print(f"{name}: started (at most {timeout:.0f} s; log {Path(b.work_dir) / 'logs' / name}.log)", flush=True)
-            results[name] = run_part(name, b, device, timeout)
-            print(f"{name}: {results[name]['status']} in {results[name]['part_s']} s", flush=True)
-            if name == "device" and results[name]["status"] == "ok":
-                info, device = results[name], results[name]["device"]
-        if device == "auto":  # the device part did not say
-            device = "cpu"
-        add_mfu(results[name], info)
-        record = {"settings": vars(b), "device": device, "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load": os.getloadavg()[0]},
-                  "versions": library_versions(), "parts": results}  # fmt: skip
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(out)
-    print_table(info, results, device)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote {out}")
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # `timeout`: the running part's processes go too (run_part)
+    try:
+        for name in (p for p in RUN_ORDER if p in wanted):
+            left = b.budget_s - (time.perf_counter() - start)
+            need = NEEDS.get(name)
+            if need in wanted and results.get(need, {}).get("status") != "ok":
+                results[name] = {"status": f"skipped: {need} did not run"}
+            elif left < 10:
+                results[name] = {"status": "skipped: out of time"}
+            else:
+                timeout = min(b.part_timeout_s * (1.5 if name == "compile" else 1), left)
+                print(f"{name}: started (at most {timeout:.0f} s; log {Path(b.work_dir) / 'logs' / name}.log)", flush=True)
+                results[name] = run_part(name, b, device, timeout)
+                print(f"{name}: {results[name]['status']} in {results[name]['part_s']} s", flush=True)
+                if name == "device" and results[name]["status"] == "ok":
+                    info, device = results[name], results[name]["device"]
+            if device == "auto":  # the device part did not say
+                device = "cpu"
+            add_mfu(results[name], info)
+            record = {"settings": vars(b), "device": device, "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load": os.getloadavg()[0]},
+                      "versions": library_versions(), "parts": results}  # fmt: skip
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.replace(out)
+    finally:  # also when stopped: the table of the parts done so far
+        print_table(info, results, device)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote {out}")
 
 
 if __name__ == "__main__":
