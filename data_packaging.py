@@ -2,7 +2,7 @@
 tokens, the train and validation documents concatenated and chopped into blocks of BLOCK_SIZE.
 
     python data_packaging.py                                  # work/cleaned -> work/packed
-    python data_packaging.py --block_size 2048 --tokenizer mistral-32k --overwrite
+    python data_packaging.py --block_size 2048 --tokenizer mistral-32k
     python data_packaging.py --tokenizer path/to/model_folder_or.gguf_or.model
 
 What it does, in order:
@@ -60,7 +60,7 @@ AGAIN = "; run data_preparation.py again"  # what to do about damaged cleaned da
 class Settings:
     input_dir: str = field(default=CLEANED_DIR, metadata={"help": "Output folder of data_preparation.py."})
     output_dir: str = field(default=PACKED_DIR, metadata={"help": "Where train/, validation/ and manifest.json go."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+    overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date (one made from other settings or inputs is rebuilt anyway)."})
     tokenizer: str = field(
         default=DEFAULT_BASE_MODEL,
         metadata={"help": "Keyword (smollm2-135m: the default base model's; mistral-32k), a Hugging Face model "

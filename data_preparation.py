@@ -64,7 +64,7 @@ class Settings:
     hf_split: str = field(default="train", metadata={"help": "Split of an hf: dataset."})
     hf_limit: int = field(default=60_000, metadata={"help": "Rows taken from an hf: dataset (the seed took 60,000)."})
     output_dir: str = field(default=CLEANED_DIR, metadata={"help": "Where the cleaned Parquet and report go."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+    overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date (one made from other settings or inputs is rebuilt anyway)."})
     # 1. paragraph-length guard
     min_lines: int = field(default=3, metadata={"help": "Drop pages with fewer lines than this."})
     min_longest_line_chars: int = field(default=3, metadata={"help": "Drop pages whose 3 longest lines are shorter than this."})

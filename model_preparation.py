@@ -119,7 +119,7 @@ class Settings:
                              "batch x block_size x vocabulary floats)."},
     )
     output_dir: str = field(default=DEFAULT_MODEL_DIR, metadata={"help": "Where the model folder goes."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+    overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date (one made from other settings or inputs is rebuilt anyway)."})
 
 
 

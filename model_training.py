@@ -112,7 +112,7 @@ class Settings(TrainingArguments):
         default=False,
         metadata={"help": "Continue from the latest checkpoint in output_dir (same data order); with a larger --max_steps, extend a finished run."},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing run folder."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace the run in output_dir (a plain rerun with other settings keeps it as NAME.1 instead)."})
 
     # The seed's training settings
     max_steps: int = field(default=30, metadata={"help": "Optimizer steps to train for."})
