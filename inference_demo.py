@@ -15,6 +15,7 @@ document-closing token or after max_new_tokens.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from minipretrain.settings import (
     UserError,
     parse_settings,
     run_main,
+    settings_dict,
 )
 from minipretrain.stages import read_manifest
 from minipretrain.tokenization import document_boundaries
@@ -60,6 +62,7 @@ class Settings:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda."})
     output_file: str = field(default="", metadata={"help": "Where samples.md goes ('' = samples.md in the run folder)."})
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})
+    overwrite: bool = field(default=False, metadata={"help": "Generate again even when samples.md is up to date with these settings and models."})
 
 
 def resolve_checkpoint(spec: str, missing: str = "run model_training.py first, or name a model folder") -> Path | str:
@@ -77,6 +80,31 @@ def resolve_checkpoint(spec: str, missing: str = "run model_training.py first, o
     if looks_like_hub_id(spec):
         return spec
     raise UserError(f"{spec}: no such folder ({missing})")
+
+
+def model_identity(spec) -> str | None:
+    """What identifies a model's weights for the up-to-date check: the fingerprint of the stage
+    output it is (stage 3's folder) or belongs to (a checkpoint of stage 4's run), with its name;
+    None for a hub id or a folder without a manifest (always generated again)."""
+    path = Path(spec)
+    for folder in (path, path.parent):
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if manifest.get("stage") in ("model_preparation", "model_training") and manifest.get("fingerprint"):
+            return f"{manifest['fingerprint']}:{path.name}"
+    return None
+
+
+def samples_key(s: Settings, models: list, device: str) -> str | None:
+    """samples.md's first line: the settings and models that made it (an HTML comment, invisible
+    when rendered), or None when a model has no identity."""
+    identities = [model_identity(m) for m in models]
+    if None in identities:
+        return None
+    values = {k: v for k, v in settings_dict(s).items() if k not in ("output_file", "stream")} | {"device": device}
+    return f"<!-- inference_demo {json.dumps({'settings': values, 'models': identities}, sort_keys=True)} -->"
 
 
 def load_model(spec, dtype: str, device: str):
@@ -171,17 +199,22 @@ def main(argv=None):
 
     trained = resolve_checkpoint(s.checkpoint)
     before = resolve_checkpoint(s.compare_with, "run model_preparation.py first, or pass --compare_with ''") if s.compare_with else None
-    runs = [("trained", str(trained), run_model("trained", trained, s, device))]
-    if before is not None:
-        runs.append(("before training", str(before), run_model("before training", before, s, device)))
-
     if s.output_file:
         out = Path(s.output_file)
     else:
         out = (Path(s.checkpoint) if Path(s.checkpoint).is_dir() else Path(".")) / "samples.md"
+    key = samples_key(s, [trained] + ([before] if before is not None else []), device)
+    if key and not s.overwrite and out.is_file() and out.read_text(encoding="utf-8").partition("\n")[0] == key:
+        print(f"{out} is up to date with these settings and models: skipping the generations (--overwrite redoes them); they were:\n")
+        print(out.read_text(encoding="utf-8").partition("\n")[2])
+        return
+    runs = [("trained", str(trained), run_model("trained", trained, s, device))]
+    if before is not None:
+        runs.append(("before training", str(before), run_model("before training", before, s, device)))
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(samples_markdown(s, runs), encoding="utf-8")
+    tmp.write_text((f"{key}\n" if key else "") + samples_markdown(s, runs), encoding="utf-8")
     tmp.replace(out)  # atomic: a reader never sees half a file
     print(f"\nwrote {out}")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAGES = ["data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py", "inference_demo.py"]
-TAKES_OVERWRITE = {"data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py"}
 REQUIREMENTS = ["requirements.txt", "requirements-data.txt"]
 
 
@@ -89,7 +88,7 @@ def main() -> int:
         if not (ROOT / stage).exists():
             continue
         print(f"\n=== {stage} ===", flush=True)
-        flags = ["--overwrite"] if options.overwrite and stage in TAKES_OVERWRITE else []
+        flags = ["--overwrite"] if options.overwrite else []
         code = subprocess.run([str(python), stage, *flags], cwd=ROOT).returncode
         if code != 0:
             print(f"{stage} failed (exit {code}); later stages not run", file=sys.stderr)

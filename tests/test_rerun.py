@@ -99,6 +99,8 @@ def test_edit_a_constant_and_run_again(base, tmp_path):
     again = stage_lines(run(root, "run.py"))
     for stage in STAGES[:4]:
         assert "is up to date with these settings and inputs: skipping it" in again[stage], stage
+    assert "samples.md is up to date with these settings and models: skipping the generations" in again["inference_demo.py"]
+    assert "**trained, greedy**" in again["inference_demo.py"]  # the samples are shown all the same
     assert fingerprints(root) == before
 
     # a training constant: stages 1-3 skip, stage 4 trains anew and keeps the finished run beside it
@@ -109,6 +111,7 @@ def test_edit_a_constant_and_run_again(base, tmp_path):
     kept = root / "work/runs/smollm2-dus.1"
     assert f"learning_rate 5e-05 -> 0.001: keeping the finished run of work/runs/smollm2-dus as {kept.relative_to(root)}" in second["model_training.py"]
     assert (kept / "checkpoint-30/model.safetensors").read_bytes() == finished_run
+    assert "wrote work/runs/smollm2-dus/samples.md" in second["inference_demo.py"]  # the new run's generations
     assert json.loads((kept / "manifest.json").read_text())["fingerprint"] == before["run"]
     after_lr = fingerprints(root)
     assert {k: v for k, v in after_lr.items() if k != "run"} == {k: v for k, v in before.items() if k != "run"}
