@@ -3,6 +3,7 @@
     python data_preparation.py                       # the bundled sample corpus + 9 stdlib modules
     python data_preparation.py --web_sources hf:upstage/Pretraining_Dataset --hf_limit 60000
     python data_preparation.py --web_sources my_pages/ more/*.jsonl.gz --code_sources none
+    python data_preparation.py --web_sources sample_data/web.warc.gz     # a Common Crawl-style WARC file
 
 Filters, in this order (each named and counted in report.json):
 
@@ -24,6 +25,13 @@ Sources (combinable, read in the order given):
 - files, folders (searched recursively) or globs: .jsonl / .jsonl.gz (one JSON object a line, text in
   `text_column`, id in `id` if present), .parquet (column `text_column`), .txt (each file is one
   document); code sources take .py files.
+- web archives (minipretrain/web.py): .warc / .warc.gz (HTML `response` records, main text extracted
+  by `extractor`), .warc.wet.gz / .wet.gz (Common Crawl's extracted text, `conversion` records),
+  .html / .htm files. Each document keeps its url, date (WARC-Date) and record id (doc_id). Records
+  not kept (requests, metadata, non-200 or non-HTML responses, undecodable bodies, empty or short
+  extractions) are counted by reason in report.json's "extraction" step.
+- http(s):// URLs (any fsspec URL whose library is installed) of .jsonl[.gz] or web archive files,
+  streamed as they arrive, never downloaded first.
 
 Bad input stops the stage with one line naming the file (and line or row): a missing file, an empty
 file, a line that is not JSON, invalid UTF-8 (or a JSON-escaped lone surrogate), a corrupt .gz or
@@ -45,6 +53,7 @@ from minipretrain.report import funnel_chart, summary_table
 from minipretrain.settings import CLEANED_DIR, UserError, parse_settings, run_main
 from minipretrain.sources import batched, describe, read_documents, resolve_sources
 from minipretrain.stages import stage_output
+from minipretrain.web import EXTRACTORS, SUFFIXES as WEB_ARCHIVE_SUFFIXES
 
 STAGE = "data_preparation"
 
@@ -54,7 +63,7 @@ class Settings:
     web_sources: list[str] = field(
         default_factory=lambda: ["sample"],
         metadata={"help": "Web text: 'sample' (bundled corpus), 'hf:<dataset id>', files, folders or globs "
-                  "(.jsonl, .jsonl.gz, .parquet, .txt), or 'none'."},
+                  "(.jsonl, .jsonl.gz, .parquet, .txt, .warc[.gz], .wet.gz, .html), http(s):// URLs, or 'none'."},
     )
     code_sources: list[str] = field(
         default_factory=lambda: ["stdlib"],
@@ -63,6 +72,11 @@ class Settings:
     text_column: str = field(default="text", metadata={"help": "Column / JSON field holding the text."})
     hf_split: str = field(default="train", metadata={"help": "Split of an hf: dataset."})
     hf_limit: int = field(default=60_000, metadata={"help": "Rows taken from an hf: dataset (the seed took 60,000)."})
+    # 0. extraction (WARC and .html sources; WET files hold Common Crawl's own extracted text)
+    extractor: str = field(default="trafilatura", metadata={"help": "Main-text extractor for HTML: 'trafilatura' "
+                           "(FineWeb's; keeps lists, drops more boilerplate) or 'resiliparse' (DCLM's; ~15x faster, "
+                           "see benchmarks/RESULTS.md)."})
+    min_extracted_chars: int = field(default=100, metadata={"help": "Drop a page whose extracted text is shorter than this."})
     output_dir: str = field(default=CLEANED_DIR, metadata={"help": "Where the cleaned Parquet and report go."})
     overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date (one made from other settings or inputs is rebuilt anyway)."})
     # 1. paragraph-length guard
@@ -100,11 +114,18 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
     read = {"documents": 0, "web": 0, "code": 0, "characters": 0, "skipped_null_or_empty_text": 0}
     kept = {"documents": 0, "web": 0, "code": 0, "characters": 0}
     removed_before_dedup: dict[bytes, tuple[str, str]] = {}  # digest -> (step, reason) of texts filters 1-2 removed
-    schema = pa.schema([("text", pa.string()), ("source", pa.string()), ("doc_id", pa.string())])
+    extraction: dict[str, int] = {}  # records of WARC/WET/HTML sources not made into documents, by reason
+    columns = [("text", pa.string()), ("source", pa.string()), ("doc_id", pa.string())]
+    if any(str(what).endswith(WEB_ARCHIVE_SUFFIXES) for _, what in plan):  # WARC/WET/HTML records: their url and date too
+        columns += [("url", pa.string()), ("date", pa.string())]
+    schema = pa.schema(columns)
     writer, shard, rows_in_shard = None, 0, 0
 
     def documents():
         for d in read_documents(plan, s):
+            if "skipped" in d:
+                extraction[d["skipped"]] = extraction.get(d["skipped"], 0) + 1
+                continue
             if d["text"] is None:
                 read["skipped_null_or_empty_text"] += 1
                 continue
@@ -165,18 +186,23 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
                       "documents_out": remaining - st["removed"], **st})
         remaining -= st["removed"]
     assert remaining == kept["documents"]
-    return {"input": read, "filters": steps, "output": kept}
+    removed = sum(extraction.values())
+    return {"extraction": {"records": read["documents"] + removed, "documents_out": read["documents"], "removed": removed,
+                           "reasons": dict(sorted(extraction.items(), key=lambda kv: (-kv[1], kv[0])))},
+            "input": read, "filters": steps, "output": kept}
 
 
 def main(argv=None):
     s = parse_settings(Settings, argv)
-    for name in ("min_lines", "num_proc", "batch_size", "rows_per_shard", "hf_limit"):
+    for name in ("min_lines", "num_proc", "batch_size", "rows_per_shard", "hf_limit", "min_extracted_chars"):
         if getattr(s, name) < 1:
             raise UserError(f"setting {name} must be at least 1, got {getattr(s, name)}")
     for name in ("max_dup_paragraph_frac", "max_dup_char_frac", "min_language_score"):
         if not 0 <= getattr(s, name) <= 1:
             raise UserError(f"setting {name} must be between 0 and 1, got {getattr(s, name)}")
     lid_model = language_model_path(s.language_model)
+    if s.extractor not in EXTRACTORS:
+        raise UserError(f"setting extractor {s.extractor!r}: one of {', '.join(EXTRACTORS)}")
     plan, inputs = resolve_sources(s)
     inputs.append({"language_model": describe(lid_model)})
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 def summary_table(report: dict) -> str:
     rows = [("step", "applies to", "in", "out", "removed", "chars removed")]
-    rows.append(("input", "", "", str(report["input"]["documents"]), "", ""))
+    ex = report.get("extraction")
+    if ex and ex["removed"]:  # WARC/WET/HTML records that did not become documents
+        rows.append(("records", "", "", str(ex["records"]), "", ""))
+        rows.append(("0. extraction", "web", str(ex["records"]), str(ex["documents_out"]), str(ex["removed"]), ""))
+    else:
+        rows.append(("input", "", "", str(report["input"]["documents"]), "", ""))
     for i, f in enumerate(report["filters"], 1):
         rows.append((f"{i}. {f['name']}", "+".join(f["applies_to"]), str(f["documents_in"]), str(f["documents_out"]),
                      str(f["removed"]), f"{f['characters_removed']:,}"))
@@ -18,6 +23,8 @@ def summary_table(report: dict) -> str:
     lines.append(f"kept {out['documents']} documents ({out['web']} web, {out['code']} code), {out['characters']:,} characters")
     if report["input"]["skipped_null_or_empty_text"]:
         lines.append(f"skipped {report['input']['skipped_null_or_empty_text']} rows with null or empty text")
+    if ex and ex["removed"]:
+        lines.append("extraction removed: " + ", ".join(f"{k} {v}" for k, v in ex["reasons"].items()))
     return "\n".join(lines)
 
 
@@ -27,11 +34,16 @@ def funnel_chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["input"] + [f"{i}. {f['name']}" for i, f in enumerate(report["filters"], 1)]
-    counts = [report["input"]["documents"]] + [f["documents_out"] for f in report["filters"]]
+    steps = list(report["filters"])
+    ex = report.get("extraction")
+    if ex and ex["removed"]:  # the funnel starts from the WARC/HTML records: step 0, extraction
+        steps.insert(0, {"name": "extraction", "documents_out": ex["documents_out"], "removed": ex["removed"], "reasons": ex["reasons"]})
+    first = 0 if ex and ex["removed"] else 1
+    labels = ["records" if first == 0 else "input"] + [f"{i}. {f['name']}" for i, f in enumerate(steps, first)]
+    counts = [ex["records"] if first == 0 else report["input"]["documents"]] + [f["documents_out"] for f in steps]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    bars = ax.barh(labels[::-1], counts[::-1], color=["#4c72b0"] * len(report["filters"]) + ["#8c8c8c"])
-    for bar, f in zip(bars[::-1][1:], report["filters"]):
+    bars = ax.barh(labels[::-1], counts[::-1], color=["#4c72b0"] * len(steps) + ["#8c8c8c"])
+    for bar, f in zip(bars[::-1][1:], steps):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(f["reasons"].items(), key=lambda kv: -kv[1])[:3])
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f"  {bar.get_width():,}  (-{f['removed']}: {reasons})"
                 if f["removed"] else f"  {bar.get_width():,}", va="center", fontsize=8)

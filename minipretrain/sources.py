@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 
 from minipretrain.settings import PROJECT_DIR, UserError
+from minipretrain.web import SUFFIXES as WEB_ARCHIVE_SUFFIXES
 
 STDLIB_MODULES = [  # present in every CPython from 3.10 on
     "argparse.py",
@@ -27,7 +28,8 @@ STDLIB_MODULES = [  # present in every CPython from 3.10 on
     "textwrap.py",
 ]
 SAMPLE_CORPUS = PROJECT_DIR / "sample_data" / "web"
-WEB_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt")
+WEB_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt") + WEB_ARCHIVE_SUFFIXES
+URL_SUFFIXES = (".jsonl", ".jsonl.gz") + WEB_ARCHIVE_SUFFIXES  # the kinds read as a stream
 
 
 def expand_paths(spec: str, suffixes: tuple[str, ...]) -> list[Path]:
@@ -51,10 +53,9 @@ def expand_paths(spec: str, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def read_jsonl(path: Path, text_column: str):
-    opener = gzip.open if path.name.endswith(".gz") else open
     n = 0
     try:
-        with opener(path, "rb") as f:
+        with _open_maybe_gzip(path) as f:
             for line_no, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -81,13 +82,18 @@ def read_jsonl(path: Path, text_column: str):
                         text.encode("utf-8")
                     except UnicodeEncodeError as e:  # JSON allows an escaped lone surrogate like \ud800
                         raise UserError(f"{path}:{line_no}: invalid Unicode (a lone surrogate {text[e.start]!r} in {text_column!r})") from None
-                doc_id = str(record["id"]) if record.get("id") is not None else f"{path.name}:{line_no}"
+                doc_id = str(record["id"]) if record.get("id") is not None else f"{_name(path)}:{line_no}"
                 n += 1
                 yield {"text": text or None, "source": "web", "doc_id": doc_id}
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise UserError(f"{path}: truncated or corrupt gzip file ({e})") from None
     if n == 0:
         raise UserError(f"{path}: empty file (no documents)")
+
+
+def _open_maybe_gzip(path):
+    raw = open_stream(path)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if str(path).endswith(".gz") else raw
 
 
 def read_parquet(path: Path, text_column: str, batch_size: int):
@@ -161,6 +167,12 @@ def resolve_sources(s) -> tuple[list[tuple[str, object]], list[dict]]:
             plan.append(("hf", spec[3:]))
             described.append({"hf_dataset": spec[3:], "split": s.hf_split, "limit": s.hf_limit})
             continue
+        if is_url(spec):
+            if not spec.endswith(URL_SUFFIXES):
+                raise UserError(f"{spec}: unsupported kind of URL (a URL may name {', '.join(URL_SUFFIXES)})")
+            plan.append(("web", spec))
+            described.append({"url": spec})
+            continue
         for path in expand_paths(str(SAMPLE_CORPUS) if spec == "sample" else spec, WEB_SUFFIXES):
             plan.append(("web", path))
             described.append(describe(path))
@@ -191,12 +203,35 @@ def read_documents(plan, s):
         elif kind == "code":
             name = what.name if what.name != "__init__.py" else f"{what.parent.name}/__init__.py"
             yield read_text_file(what, "code", f"code:{name}")
+        elif str(what).endswith(WEB_ARCHIVE_SUFFIXES):
+            yield from read_web_archive(what, s)
+        elif str(what).endswith(".jsonl") or str(what).endswith(".jsonl.gz"):
+            yield from read_jsonl(what, s.text_column)
         elif what.name.endswith(".parquet"):
             yield from read_parquet(what, s.text_column, s.batch_size)
         elif what.name.endswith(".txt"):
             yield read_text_file(what, "web", what.name)
         else:
             yield from read_jsonl(what, s.text_column)
+
+
+def read_web_archive(what, s):
+    """WARC, WET and HTML (minipretrain/web.py): documents, and {"text": None, "skipped": reason}."""
+    from minipretrain import web
+
+    name = str(what)
+    min_chars = getattr(s, "min_extracted_chars", 1)
+    extract = web.EXTRACTORS[getattr(s, "extractor", "trafilatura")]
+    if name.endswith(web.WET_SUFFIXES):
+        yield from web.read_wet(what, name, min_chars)
+    elif name.endswith(web.WARC_SUFFIXES):
+        yield from web.read_warc(what, name, extract, min_chars)
+    else:
+        yield from web.read_html(what, name, extract, min_chars)
+
+
+def _name(path) -> str:
+    return path.name if isinstance(path, Path) else str(path).rsplit("/", 1)[-1]
 
 
 def batched(iterable, n):
@@ -221,3 +256,24 @@ def parquet_batches(path: Path, batch_size: int, columns: list[str], hint: str =
             return
         yield batch
         row += batch.num_rows
+
+
+def is_url(spec: str) -> bool:
+    return "://" in str(spec) and not str(spec).startswith("file://")
+
+
+def open_stream(path):
+    """A binary file object: a local file, or a URL streamed through fsspec (http(s)://, s3://, ...:
+    any protocol whose library is installed), read as it arrives, never downloaded first."""
+    if not is_url(path):
+        return open(path, "rb")
+    import fsspec
+
+    try:
+        # over HTTP a plain streaming GET (block_size=0): no Range requests, which many servers refuse
+        options = {"block_size": 0} if str(path).startswith(("http://", "https://")) else {}
+        return fsspec.open(str(path), "rb", **options).open()
+    except ImportError as e:
+        raise UserError(f"{path}: this kind of URL needs a library that is not installed ({e})") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
