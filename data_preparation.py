@@ -13,10 +13,15 @@ Filters, in this order (each named and counted in report.json):
 | 2 | repetition        | > 30% of its paragraphs, or > 20% of its characters, repeat within it | no    |
 |   |                   | (paragraphs split on blank lines: Gopher's duplicate-paragraph rule)  |       |
 | 3 | deduplication     | its exact text was seen earlier in the corpus (the first one stays)   | yes   |
-| 4 | language          | fastText's top label is not `en` with probability > 0.4               | no    |
+| 4 | near_deduplication| it shares a MinHash LSH band with an earlier page: ~Jaccard >= 0.75   | yes   |
+|   |                   | of word 5-grams (112 permutations, 14 bands of 8 rows, FineWeb's)     |       |
+| 5 | language          | fastText's top label is not `en` with probability > 0.4               | no    |
 
 Code files skip the repetition and language filters: repeated blocks are normal in code, and a
-language-ID model trained on prose has nothing sensible to say about Python.
+language-ID model trained on prose has nothing sensible to say about Python. Near-duplicate removal
+applies to code too: The Stack (Kocetkov et al., 2022) found that near-de-duplicating source files
+(forks, vendored copies, files differing by a header) improved the models trained on them, and a
+copied module with a changed licence line is the same training signal twice.
 
 Sources (combinable, read in the order given):
 - `sample`: the bundled sample corpus (sample_data/web, see its README); `stdlib` (code): 9
@@ -47,6 +52,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minipretrain.dedup import NearDuplicates
 from minipretrain.engines import judged
 from minipretrain.filters import FILTERS, language_model_path
 from minipretrain.report import funnel_chart, summary_table
@@ -85,7 +91,13 @@ class Settings:
     # 2. duplicate-paragraph detector (Gopher)
     max_dup_paragraph_frac: float = field(default=0.30, metadata={"help": "Max share of paragraphs that repeat."})
     max_dup_char_frac: float = field(default=0.20, metadata={"help": "Max share of characters in repeated paragraphs."})
-    # 4. language ID
+    # 4. near-duplicates (MinHash LSH; FineWeb's settings)
+    near_dedup: bool = field(default=True, metadata={"help": "Remove near-duplicates (web and code): a page that shares an LSH band with an earlier one."})
+    near_dedup_ngram: int = field(default=5, metadata={"help": "Words per shingle (n-gram) of the MinHash."})
+    near_dedup_bands: int = field(default=14, metadata={"help": "LSH bands (permutations = bands x rows)."})
+    near_dedup_rows: int = field(default=8, metadata={"help": "Rows (MinHash values) per band."})
+    near_dedup_seed: int = field(default=1, metadata={"help": "Seed of the MinHash permutations."})
+    # 5. language ID
     language: str = field(default="en", metadata={"help": "Language to keep (fastText label without __label__)."})
     min_language_score: float = field(default=0.4, metadata={"help": "Keep a page when P(language) > this."})
     language_model: str = field(
@@ -134,13 +146,16 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
             read["characters"] += len(d["text"])
             yield d
 
-    def remove(doc, step, reason):
+    near = NearDuplicates(s.near_dedup_ngram, s.near_dedup_bands, s.near_dedup_rows, s.near_dedup_seed) if s.near_dedup else None
+
+    def remove(doc, step, reason, duplicate_of=None):
         st = stats[step]
         st["removed"] += 1
         st["characters_removed"] += len(doc["text"])
         st["reasons"][reason] = st["reasons"].get(reason, 0) + 1
         if len(st["examples"]) < s.examples_per_filter:
-            st["examples"].append({"doc_id": doc["doc_id"], "reason": reason, "text": doc["text"][:300]})
+            st["examples"].append({"doc_id": doc["doc_id"], "reason": reason, "text": doc["text"][:300],
+                                   **({"duplicate_of": duplicate_of} if duplicate_of else {})})
 
     try:
         with tqdm(desc="cleaning", unit="doc") as bar:
@@ -153,6 +168,8 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
                     elif step in ("paragraph_length", "repetition"):
                         removed_before_dedup[doc["digest"]] = (step, reason)
                         remove(doc, step, reason)
+                    elif near is not None and (first := near.check(doc["text"], doc["doc_id"])) is not None:
+                        remove(doc, "near_deduplication", "near_duplicate", duplicate_of=first)  # before language: filter 4
                     elif step == "language":
                         remove(doc, step, reason)
                     else:
@@ -179,6 +196,8 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
     if kept["documents"] == 0:  # still a valid output: an empty shard, so readers see the schema
         pq.write_table(pa.Table.from_pylist([], schema=schema), out_dir / "cleaned-00000.parquet", compression="zstd")
 
+    if near is not None:  # groups: kept documents with near-duplicates removed; the index holds digests only
+        stats["near_deduplication"].update(groups=len(near.duplicated), index_bytes_per_document=8 * s.near_dedup_bands)
     steps, remaining = [], read["documents"]
     for name, applies_to in FILTERS:
         st = stats[name]
@@ -194,9 +213,12 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
 
 def main(argv=None):
     s = parse_settings(Settings, argv)
-    for name in ("min_lines", "num_proc", "batch_size", "rows_per_shard", "hf_limit", "min_extracted_chars"):
+    for name in ("min_lines", "num_proc", "batch_size", "rows_per_shard", "hf_limit", "min_extracted_chars",
+                 "near_dedup_ngram", "near_dedup_bands", "near_dedup_rows"):
         if getattr(s, name) < 1:
             raise UserError(f"setting {name} must be at least 1, got {getattr(s, name)}")
+    if s.near_dedup_seed < 0:
+        raise UserError(f"setting near_dedup_seed must be at least 0, got {s.near_dedup_seed}")
     for name in ("max_dup_paragraph_frac", "max_dup_char_frac", "min_language_score"):
         if not 0 <= getattr(s, name) <= 1:
             raise UserError(f"setting {name} must be between 0 and 1, got {getattr(s, name)}")

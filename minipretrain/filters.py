@@ -17,6 +17,7 @@ FILTERS = [
     ("paragraph_length", ["web", "code"]),
     ("repetition", ["web"]),
     ("deduplication", ["web", "code"]),
+    ("near_deduplication", ["web", "code"]),  # MinHash LSH (minipretrain/dedup.py), in the main process
     ("language", ["web"]),
 ]
 

@@ -44,7 +44,7 @@ def page_html(title: str, text: str, charset: str = "utf-8", meta_charset: bool 
 
 def near_copy(text: str, i: int) -> str:
     words = text.split(" ")
-    for k in range(7 + i, len(words), 31):  # about 3% of the words changed
+    for k in range(7 + i, len(words), 61):  # about 1.6% of the words changed
         words[k] = "indeed"
     return " ".join(words) + "\n\nShare this page with a friend who might find it useful."
 

@@ -212,7 +212,8 @@ def test_stage1_data_preparation(tmp_path):
     pages = tmp_path / "pages.jsonl"
     lines = [{"id": f"p{i}", "text": PAGE.replace("six", f"six ({i})") + ("\nshort" if i % 3 else "")} for i in range(300)]
     pages.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    common_args = ["--web_sources", str(pages), "--code_sources", "none", "--num_proc", "1", "--rows_per_shard", "100"]
+    common_args = ["--web_sources", str(pages), "--code_sources", "none", "--num_proc", "1", "--rows_per_shard", "100",
+                   "--near_dedup", "false"]  # the pages differ by a number: near-duplicates, which would leave one
     stage = Stage(  # B drops the 100 pages of 5 lines
         "data_preparation", data_preparation.main, common_args, [*common_args, "--min_lines", "6"],
         read_next=data_packaging.cleaned_files, next_error="{out}: no such folder; run data_preparation.py first",

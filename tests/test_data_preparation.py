@@ -45,8 +45,10 @@ def write_jsonl(path: Path, records, gz=False) -> Path:
 
 
 def run_stage(tmp_path, *args, name="out"):
+    # The pages here differ by a word or two (english_page): near-duplicates, which tests/test_neardup.py
+    # covers; the tests here run without that filter unless they ask for it.
     out = tmp_path / name
-    dp.main([*args, "--output_dir", str(out), "--num_proc", "1"])
+    dp.main(["--near_dedup", "false", *args, "--output_dir", str(out), "--num_proc", "1"])
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -134,7 +136,7 @@ def test_a_copy_of_a_page_an_earlier_filter_removed_is_counted_by_that_filter(tm
                {"id": "short2", "text": "too short"}, {"id": "fr1", "text": FRENCH}, {"id": "fr2", "text": FRENCH}]
     out, report = run_stage(tmp_path, "--web_sources", str(write_jsonl(tmp_path / "w.jsonl", records)), "--code_sources", "none")
     removed = {f["name"]: f["removed"] for f in report["filters"]}
-    assert removed == {"paragraph_length": 2, "repetition": 0, "deduplication": 1, "language": 1}
+    assert removed == {"paragraph_length": 2, "repetition": 0, "deduplication": 1, "near_deduplication": 0, "language": 1}
     assert [r["doc_id"] for r in cleaned_rows(out)] == ["ok"]
 
 
@@ -183,7 +185,8 @@ def test_parallel_run_gives_the_same_output(tmp_path):
     src = str(write_jsonl(tmp_path / "w.jsonl", records))
     one, _ = run_stage(tmp_path, "--web_sources", src, "--code_sources", "none", "--batch_size", "16", name="one")
     two = tmp_path / "two"
-    dp.main(["--web_sources", src, "--code_sources", "none", "--batch_size", "16", "--num_proc", "2", "--output_dir", str(two)])
+    dp.main(["--web_sources", src, "--code_sources", "none", "--batch_size", "16", "--num_proc", "2", "--output_dir", str(two),
+             "--near_dedup", "false"])
     assert cleaned_rows(one) == cleaned_rows(two)
     assert (one / "cleaned-00000.parquet").read_bytes() == (two / "cleaned-00000.parquet").read_bytes()
 
@@ -349,7 +352,7 @@ def test_sigkill_mid_run_leaves_no_output_and_rerun_completes(tmp_path):
     src = write_jsonl(tmp_path / "big.jsonl", [{"text": english_page(i)} for i in range(60_000)])
     out = tmp_path / "out"
     cmd = [sys.executable, str(PROJECT_DIR / "data_preparation.py"), "--web_sources", str(src), "--code_sources", "none",
-           "--num_proc", "1", "--batch_size", "500", "--rows_per_shard", "5000", "--output_dir", str(out)]
+           "--num_proc", "1", "--batch_size", "500", "--rows_per_shard", "5000", "--output_dir", str(out), "--near_dedup", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.tmp-*/cleaned-00001.parquet")) and time.time() < deadline:
@@ -364,9 +367,9 @@ def test_sigkill_mid_run_leaves_no_output_and_rerun_completes(tmp_path):
 
 
 def test_bundled_sample_corpus_exercises_every_filter(tmp_path):
-    out, report = run_stage(tmp_path)  # all defaults: the sample corpus + 9 stdlib modules
+    out, report = run_stage(tmp_path, "--near_dedup", "true")  # all defaults: the sample corpus + 9 stdlib modules
     by_name = {f["name"]: f["removed"] for f in report["filters"]}
-    assert by_name == {"paragraph_length": 10, "repetition": 12, "deduplication": 9, "language": 24}
+    assert by_name == {"paragraph_length": 10, "repetition": 12, "deduplication": 9, "near_deduplication": 0, "language": 24}
     assert report["filters"][1]["reasons"] == {"dup_paragraph_frac": 10, "dup_char_frac": 2}
     kept = [r["doc_id"] for r in cleaned_rows(out)]
     web = [i for i in kept if not i.startswith("code:")]
