@@ -111,6 +111,10 @@ def test_warc_records_not_kept_are_counted_by_reason(mixed):
     assert rows[0]["url"] == "https://site.example/1" and rows[0]["date"] == DATE
     assert rows[0]["text"].startswith("Notes from the valley, part 1")
     assert "All rights reserved" not in rows[0]["text"] and "About" not in rows[0]["text"]  # boilerplate dropped
+    from minipretrain.report import summary_table
+
+    table = summary_table(report).splitlines()
+    assert table[2].split() == ["records", "13"] and table[3].split()[:6] == ["0.", "extraction", "web", "13", "4", "9"]
 
 
 def test_charset_from_http_header_or_meta_tag(mixed):
