@@ -128,7 +128,8 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
     removed_before_dedup: dict[bytes, tuple[str, str]] = {}  # digest -> (step, reason) of texts filters 1-2 removed
     extraction: dict[str, int] = {}  # records of WARC/WET/HTML sources not made into documents, by reason
     columns = [("text", pa.string()), ("source", pa.string()), ("doc_id", pa.string())]
-    if any(str(what).endswith(WEB_ARCHIVE_SUFFIXES) for _, what in plan):  # WARC/WET/HTML records: their url and date too
+    archives = any(str(what).endswith(WEB_ARCHIVE_SUFFIXES) for _, what in plan)
+    if archives:  # WARC/WET/HTML records: their url and date too
         columns += [("url", pa.string()), ("date", pa.string())]
     schema = pa.schema(columns)
     writer, shard, rows_in_shard = None, 0, 0
@@ -206,7 +207,7 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
         remaining -= st["removed"]
     assert remaining == kept["documents"]
     removed = sum(extraction.values())
-    return {"extraction": {"records": read["documents"] + removed, "documents_out": read["documents"], "removed": removed,
+    return {"extraction": {"web_archives": archives, "records": read["documents"] + removed, "documents_out": read["documents"], "removed": removed,
                            "reasons": dict(sorted(extraction.items(), key=lambda kv: (-kv[1], kv[0])))},
             "input": read, "filters": steps, "output": kept}
 

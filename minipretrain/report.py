@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def has_extraction(report: dict) -> bool:
+    """Step 0 is shown when a source was a web archive or HTML, or when records were not kept."""
+    ex = report.get("extraction")
+    return bool(ex and (ex.get("web_archives") or ex["removed"]))
+
+
 def summary_table(report: dict) -> str:
     rows = [("step", "applies to", "in", "out", "removed", "chars removed")]
     ex = report.get("extraction")
-    if ex and ex["removed"]:  # WARC/WET/HTML records that did not become documents
+    if has_extraction(report):  # WARC/WET/HTML records, and those that did not become documents
         rows.append(("records", "", "", str(ex["records"]), "", ""))
         rows.append(("0. extraction", "web", str(ex["records"]), str(ex["documents_out"]), str(ex["removed"]), ""))
     else:
@@ -36,9 +42,9 @@ def funnel_chart(report: dict, path: Path) -> None:
 
     steps = list(report["filters"])
     ex = report.get("extraction")
-    if ex and ex["removed"]:  # the funnel starts from the WARC/HTML records: step 0, extraction
+    if has_extraction(report):  # the funnel starts from the WARC/HTML records: step 0, extraction
         steps.insert(0, {"name": "extraction", "documents_out": ex["documents_out"], "removed": ex["removed"], "reasons": ex["reasons"]})
-    first = 0 if ex and ex["removed"] else 1
+    first = 0 if has_extraction(report) else 1
     labels = ["records" if first == 0 else "input"] + [f"{i}. {f['name']}" for i, f in enumerate(steps, first)]
     counts = [ex["records"] if first == 0 else report["input"]["documents"]] + [f["documents_out"] for f in steps]
     fig, ax = plt.subplots(figsize=(8, 3.6))

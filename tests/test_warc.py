@@ -173,6 +173,10 @@ def test_html_files(tmp_path):
     assert report["extraction"]["reasons"] == {"extraction_empty": 1}
     assert [r["doc_id"] for r in rows] == ["a.html", "b.htm"]
     assert CAFE in rows[1]["text"]
+    from minipretrain.report import summary_table
+
+    _, report, _ = run(tmp_path, [folder / "a.html"], "one")  # nothing removed: step 0 is still shown
+    assert summary_table(report).splitlines()[3].split()[:6] == ["0.", "extraction", "web", "1", "1", "0"]
 
 
 def test_truncated_warc_gz_is_one_error_line(tmp_path):
@@ -217,3 +221,27 @@ def test_url_source_streamed_over_http(tmp_path):
             run(tmp_path, [url.replace("crawl", "missing")], "missing")
     finally:
         server.shutdown()
+
+
+def test_reading_streams_one_record_at_a_time(tmp_path):
+    """Memory follows the largest record, not the file: 400 records of 50 KB read with the peak of a few."""
+    import tracemalloc
+
+    from minipretrain.web import read_warc, read_wet
+
+    body = (page_text(1) + "\n") * 80  # ~50 KB
+    def peak(n, reader):
+        recs = [warc_record("conversion", f"https://site.example/{i}", DATE, body.encode(), f"00000000-0000-0000-0000-3{i:011d}")
+                for i in range(n)]
+        recs += [response(9000 + i, 200, "image/png", b"\x89PNG" + bytes(50_000)) for i in range(n)]
+        path = write_warc(tmp_path / f"{n}.warc.gz", recs)
+        tracemalloc.start()
+        count = sum(1 for _ in reader(path))
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert count == 2 * n
+        return top
+
+    for reader in (lambda p: read_wet(p, str(p), 1), lambda p: read_warc(p, str(p), None, 1)):
+        small, large = peak(10, reader), peak(400, reader)
+        assert large < 1.5 * small + 200_000, (small, large)
