@@ -351,12 +351,14 @@ def test_stage4_model_dir_damaged(tmp_path, model_dir, packed_dir, damage):
     with pytest.raises(UserError, match=rf"model-{damage}"):
         model_training.main(["--packed_dir", str(packed_dir), "--model_dir", str(model), "--output_dir",
                              str(tmp_path / "run"), "--max_steps", "1", "--bf16", "false"])
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
 def test_stage5_missing_comparison_model_names_stage3(tmp_path, model_dir):
     with pytest.raises(UserError, match=r"models/none: no such folder \(run model_preparation.py first, or pass --compare_with ''\)"):
         inference_demo.main(["--checkpoint", str(model_dir), "--compare_with", str(tmp_path / "models" / "none"),
                              "--max_new_tokens", "2", "--output_file", str(tmp_path / "samples.md")])
+    assert not (tmp_path / "samples.md").exists()
 
 
 def test_stage5_tokenizer_of_another_model_is_refused(tmp_path, model_dir):
@@ -370,6 +372,7 @@ def test_stage5_tokenizer_of_another_model_is_refused(tmp_path, model_dir):
     with pytest.raises(UserError, match=r"mixed: its tokenizer has 73 tokens, more than the model's 23 embeddings"):
         inference_demo.main(["--checkpoint", str(folder), "--compare_with", "", "--max_new_tokens", "2",
                              "--output_file", str(tmp_path / "samples.md")])
+    assert not (tmp_path / "samples.md").exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,5 +432,7 @@ def test_each_stage_reports_one_error_line_naming_the_file(tmp_path, tok, model_
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert lines[-1].startswith(f"error: {expected}"), f"{script}: stderr is\n{stderr}"
         assert all(PROGRESS_BAR.match(line) for line in lines[:-1]), f"{script}: stderr is\n{stderr}"
+    # and no output: no folder (not even an empty or partial one), no temporary folder beside it, no samples.md
     for i in range(1, 5):
-        assert not (tmp_path / f"o{i}").exists() or not (tmp_path / f"o{i}" / "manifest.json").exists()
+        assert not (tmp_path / f"o{i}").exists() and no_temporaries(tmp_path / f"o{i}"), f"o{i}"
+    assert not (tmp_path / "o5.md").exists()

@@ -236,6 +236,21 @@ def test_validation_threshold_takes_fraction_or_minimum():
         dp.validation_threshold(hashes[:10], 0.02, 10)
 
 
+def test_validation_share_is_rounded_up():
+    hashes = dp.split_hashes([f"d{i}" for i in range(1000)], seed=1)
+    assert (hashes <= dp.validation_threshold(hashes, 0.0123, 10)).sum() == 13  # 12.3 documents: 13, not 12
+    assert (hashes <= dp.validation_threshold(hashes, 0.0101, 10)).sum() == 11  # 10.1: 11, more than the minimum
+    eleven = hashes[:11]
+    assert (eleven <= dp.validation_threshold(eleven, 0.5, 1)).sum() == 6  # 5.5: 6
+    assert (eleven <= dp.validation_threshold(eleven, 0.0, 10)).sum() == 10  # one document left to train on
+
+
+def test_default_split_and_block_size_are_the_readmes():
+    s = dp.Settings()
+    assert (s.validation_fraction, s.min_validation_documents, s.block_size) == (0.02, 10, 32)
+    assert s.tokenizer == "smollm2-135m"
+
+
 def test_chop_carries_the_remainder():
     carry = np.empty(0, np.int32)
     blocks, carry = dp.chop(carry, np.arange(10, dtype=np.int32), 4)

@@ -88,6 +88,17 @@ def test_repetition_character_fraction_threshold():
     over = "\n\n".join([x, x, "b" * 27, "c" * 26])
     assert filters.repetition_filter(over) == (False, "dup_char_frac")  # 20 / 99 > 0.20
     assert filters.repetition_filter(over, max_dup_char_frac=0.25) is True
+    # the share is of all the page's characters, surrounding blank lines included
+    assert filters.repetition_filter(over + "\n\n") is True  # 20 / 101
+
+
+def test_repetition_paragraphs_split_on_any_blank_lines():
+    # a longer break (3+ newlines) separates paragraphs too: X and X repeat (1 in 2 > 30%)
+    assert filters.repetition_filter("x\n\n\nx") == (False, "dup_paragraph_frac")
+    # ... and is one break, not several with empty paragraphs between them (which would repeat)
+    assert filters.repetition_filter("\n\n\n\n".join(["alpha", "beta", "gamma", "delta", "epsilon"])) is True
+    # blank lines around the page make no (repeated, empty) paragraphs
+    assert filters.repetition_filter("\n\n" + ENGLISH.replace("\n\n", " ") + "\n\n") is True
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +149,40 @@ def test_a_copy_of_a_page_an_earlier_filter_removed_is_counted_by_that_filter(tm
     removed = {f["name"]: f["removed"] for f in report["filters"]}
     assert removed == {"paragraph_length": 2, "repetition": 0, "deduplication": 1, "near_deduplication": 0, "language": 1}
     assert [r["doc_id"] for r in cleaned_rows(out)] == ["ok"]
+
+
+def test_code_goes_through_paragraph_length_and_deduplication(tmp_path):
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    module = "def f(x):\n    return x\n\n\ndef g(y):\n    return y\n"
+    (code / "a.py").write_text(module)
+    (code / "pkg" / "b.py").write_text(module)  # an exact copy of a.py
+    (code / "c.py").write_text("import math\n\n\ndef area(r):\n    return math.pi * r * r\n")
+    (code / "d.py").write_text("x = 1\n")  # 2 lines
+    out, report = run_stage(tmp_path, "--web_sources", "none", "--code_sources", str(code))
+    assert [r["doc_id"] for r in cleaned_rows(out)] == ["code:a.py", "code:c.py"]
+    by_name = {f["name"]: f for f in report["filters"]}
+    assert by_name["paragraph_length"]["reasons"] == {"too_few_lines": 1}
+    assert by_name["deduplication"]["reasons"] == {"exact_duplicate": 1}
+    assert [e["doc_id"] for e in by_name["deduplication"]["examples"]] == ["code:b.py"]
+
+
+def test_every_document_filtered_out_is_a_valid_empty_output(tmp_path):
+    records = [{"id": "short", "text": "one line"}, {"id": "fr", "text": FRENCH}]
+    out, report = run_stage(tmp_path, "--web_sources", str(write_jsonl(tmp_path / "w.jsonl", records)), "--code_sources", "none")
+    assert report["input"]["documents"] == 2 and report["output"]["documents"] == 0
+    files = sorted(p.name for p in out.glob("cleaned-*.parquet"))
+    assert files == ["cleaned-00000.parquet"]
+    table = pq.read_table(out / files[0])
+    assert table.num_rows == 0 and {"text", "source", "doc_id"} <= set(table.schema.names)
+    assert table.schema.field("text").type == pa.string()
+    assert json.loads((out / "manifest.json").read_text())["counts"]["documents_out_documents"] == 0
+    # the next stage reads it and says that it is empty
+    import data_packaging
+
+    with pytest.raises(UserError, match="the cleaned data holds no documents"):
+        data_packaging.main(["--input_dir", str(out), "--output_dir", str(tmp_path / "packed")])
+    assert not (tmp_path / "packed").exists()
 
 
 def test_report_counts_add_up_and_code_skips_prose_filters(tmp_path):
@@ -303,6 +348,14 @@ def test_settings_bad_values_and_unknown_keys(tmp_path):
     cfg.write_text("min_lines: 4\nmin_line: 3\n")
     with pytest.raises(UserError, match=r"s.yaml: unknown setting\(s\) min_line"):
         dp.main([str(cfg)])
+
+
+def test_default_thresholds_are_the_readmes():
+    s = dp.Settings()
+    assert (s.min_lines, s.min_longest_line_chars) == (3, 3)
+    assert (s.max_dup_paragraph_frac, s.max_dup_char_frac) == (0.30, 0.20)
+    assert (s.language, s.min_language_score, s.language_model) == ("en", 0.4, "lid.176.ftz")
+    assert (s.web_sources, s.code_sources) == (["sample"], ["stdlib"])
 
 
 def test_settings_file_then_flags(tmp_path):

@@ -68,16 +68,33 @@ def test_sampling_is_seeded(model_dir, tmp_path):
     assert others - {a["text"]}, "five other seeds all gave the same sample"
 
 
-def test_main_streams_and_writes_samples_for_both_models(model_dir, tmp_path, capsys):
+def test_main_streams_and_writes_samples_for_both_models(model_dir, tmp_path, capsys, monkeypatch):
+    shown = []  # (generated text, what the terminal got during that generation)
+    real_generate = demo.generate
+
+    def generate(*args, **kwargs):
+        result = real_generate(*args, **kwargs)
+        shown.append((result["text"], capsys.readouterr().out))
+        return result
+
+    monkeypatch.setattr(demo, "generate", generate)
     demo.main(settings(model_dir, tmp_path, "--compare_with", str(model_dir)))
-    printed = capsys.readouterr().out
+    # streamed as generated: each text was on the terminal before its generate() call returned
+    assert len(shown) == 8 and all(text and text in out for text, out in shown)
+    printed = "".join(out for _, out in shown) + capsys.readouterr().out
     md = (tmp_path / "samples.md").read_text()
     assert md.count("**trained, greedy**") == 2 and md.count("**before training, sampled**") == 2
     tok, model = demo.load_model(model_dir, "float32", "cpu")
     s = demo.parse_settings(demo.Settings, settings(model_dir, tmp_path))
     greedy = demo.generate(model, tok, "the harbour", s, sample=False)["text"]
-    assert f"[greedy] the harbour{greedy}" in printed  # streamed to the terminal as generated
+    assert f"[greedy] the harbour{greedy}" in printed  # on the terminal after its prompt
     assert f"> the harbour{greedy}".replace("\n", "\n> ") in md
+
+
+def test_defaults_are_the_readmes():
+    s = demo.Settings()
+    assert (s.temperature, s.top_k, s.top_p, s.seed) == (0.8, 50, 0.95, 0)
+    assert s.stream is True and s.compare_with == "work/models/smollm2-dus" and s.checkpoint == "work/runs/smollm2-dus"
 
 
 def test_run_folder_resolves_to_its_latest_checkpoint(model_dir, tmp_path):
@@ -101,3 +118,4 @@ def test_clear_errors(model_dir, tmp_path):
         demo.main(settings(empty, tmp_path))
     with pytest.raises(UserError, match="max_new_tokens must be at least 1"):
         demo.main(settings(model_dir, tmp_path, "--max_new_tokens", "0"))
+    assert not (tmp_path / "samples.md").exists()  # no output for bad input

@@ -99,6 +99,51 @@ def test_default_plans_are_the_seeds():
 
 
 @pytest.mark.parametrize(
+    "n, plan",
+    [
+        # m = round(n/3): where n/3 rounds up (n = 2, 5, 8) it differs from n // 3 ...
+        (2, [[0, 1], [1, 2]]),
+        (5, [[0, 3], [2, 5]]),
+        (8, [[0, 5], [3, 8]]),
+        # ... and where it rounds down (n = 4, 7) from ceil(n/3)
+        (4, [[0, 3], [1, 4]]),
+        (7, [[0, 5], [2, 7]]),
+        (30, [[0, 20], [10, 30]]),
+    ],
+)
+def test_upscale_rounds_n_over_3(n, plan):
+    assert mp.default_plan("upscale", n) == plan
+
+
+@pytest.mark.parametrize(
+    "n, plan",
+    [
+        (2, [[1, 2]]),  # k = max(1, round(2/6) = 0) = 1, start 0: an empty first slice is left out
+        (3, [[0, 1], [2, 3]]),  # round(0.5) = 0, at least 1
+        (8, [[0, 3], [4, 8]]),  # k = 1, start = (8-1)//2 = 3 (n//2 - k//2 would give 4)
+        (9, [[0, 3], [5, 9]]),  # k = 2, start = (9-2)//2 = 3 ((n-k+1)//2 would give 4)
+        (10, [[0, 4], [6, 10]]),  # k = round(10/6) = 2 (10 // 6 would give 1)
+        (11, [[0, 4], [6, 11]]),
+        (12, [[0, 5], [7, 12]]),  # the seed's
+        (30, [[0, 12], [17, 30]]),  # SmolLM2: 30 -> 25
+    ],
+)
+def test_downscale_drops_the_middle_sixth(n, plan):
+    assert mp.default_plan("downscale", n) == plan
+
+
+def test_defaults_are_the_readmes():
+    s = mp.Settings()
+    assert (s.base, s.strategy, s.plan, s.dtype) == ("smollm2-135m", "upscale", "", "float32")
+    assert s.eval_blocks == 32  # the first 32 validation blocks, as stage 4 evaluates
+
+
+def test_downscale_of_a_single_layer_is_refused():
+    with pytest.raises(UserError, match="the base has 1 layer; nothing to drop"):
+        mp.default_plan("downscale", 1)
+
+
+@pytest.mark.parametrize(
     "text, message",
     [
         ("[[0, 8], [4, 12]", "not JSON"),
@@ -301,6 +346,13 @@ def test_load_keeps_the_base_and_random_draws_fresh_weights(base_dir, tmp_path):
     assert fresh["plan"] is None and "base" not in fresh["evaluation"]
     assert model.model.embed_tokens.weight[2].abs().sum() > 0  # the EOS row is initialised like the rest
     assert "prepared" in fresh["evaluation"]
+
+
+def test_random_weights_are_seeded():
+    config = tiny_model().config
+    draws = [models.random_model(config, torch.float32, seed).state_dict() for seed in (3, 3, 4)]
+    assert all(torch.equal(draws[0][k], draws[1][k]) for k in draws[0])  # the same seed, the same weights
+    assert not torch.equal(draws[0]["model.layers.0.mlp.up_proj.weight"], draws[2]["model.layers.0.mlp.up_proj.weight"])
 
 
 def test_packed_data_from_another_tokenizer_is_refused(base_dir, tmp_path):

@@ -146,7 +146,29 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ"
 
 
-def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
+class StepRecorder(TrainerCallback):
+    """Appends the Trainer's step count after each optimizer step that runs to `steps`."""
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+TRAIN = mt.train
+
+
+def counting_steps(monkeypatch, *callbacks) -> list[int]:
+    """From now on mt.main trains with `callbacks` and a StepRecorder: the list returned (a new one
+    each call) gets the steps that actually run. Training is deterministic, so equal final weights
+    cannot tell a run continued at step 17 from one started again; the steps that ran can."""
+    steps = []
+    monkeypatch.setattr(mt, "train", lambda s: TRAIN(s, callbacks=[*callbacks, StepRecorder(steps)]))
+    return steps
+
+
+def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path, monkeypatch):
     run = tmp_path / "run"
     common_args = ("--max_steps", 12, "--save_strategy", "steps", "--save_steps", 6, "--eval_strategy", "no", "--eval_on_start", "false")
     mt.main(argv(inputs, run, *common_args))
@@ -165,7 +187,10 @@ def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
     kept = tmp_path / "other.1"
     assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-6"] and not (kept / "manifest.json").exists()
     assert stages.read_manifest(other, "model_training")["settings"]["learning_rate"] == 1e-3
+    steps = counting_steps(monkeypatch)
     mt.main(argv(inputs, run, *common_args))  # the same command continues it
+    assert steps == [7, 8, 9, 10, 11, 12]  # from checkpoint-6: 6 steps, not 12
+    assert json.loads((run / "eval.json").read_text())["speed"]["steps_timed"] == 6
 
     resumed = read_csv(run / "loss.csv")
     assert [r["step"] for r in resumed] == ["3", "6", "9", "12"]
@@ -176,7 +201,9 @@ def test_an_unfinished_run_continues_where_it_stopped(inputs, tmp_path):
     assert stages.read_manifest(run, "model_training")["fingerprint"] == fingerprint
     with pytest.raises(UserError, match="pass a larger --max_steps"):
         mt.main(argv(inputs, run, *common_args, "--resume"))
+    steps = counting_steps(monkeypatch)
     mt.main(argv(inputs, run, *common_args, "--resume", "--max_steps", 15))  # --resume extends a finished run
+    assert steps == [13, 14, 15]
     assert [r["step"] for r in read_csv(run / "loss.csv")][-2:] == ["12", "15"]
 
 
@@ -197,11 +224,11 @@ def test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted(inputs, 
     whole = stages.read_manifest(tmp_path / "whole", "model_training")
 
     run = tmp_path / "run"
-    real_train = mt.train
-    monkeypatch.setattr(mt, "train", lambda s: real_train(s, callbacks=[InterruptAt(17)]))
+    steps = counting_steps(monkeypatch, InterruptAt(17))
     with pytest.raises(SystemExit) as stopped:
         mt.main(argv(inputs, run, *args))
     assert stopped.value.code == 130
+    assert steps == list(range(1, 18))
     assert "stopped at step 17 of 30 (SIGINT)" in capsys.readouterr().err
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-17"]
     assert not (run / "manifest.json").exists() and not (run / "eval.json").exists()
@@ -211,8 +238,9 @@ def test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted(inputs, 
 
         inference_demo.resolve_checkpoint(str(run))
 
-    monkeypatch.setattr(mt, "train", real_train)
+    steps = counting_steps(monkeypatch)
     mt.main(argv(inputs, run, *args))  # the same command continues from checkpoint-17
+    assert steps == list(range(18, 31))  # 13 optimizer steps: continued at 17, not started again
     assert "continuing from checkpoint-17" in capsys.readouterr().out
     assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
     continued = stages.read_manifest(run, "model_training")
@@ -220,6 +248,7 @@ def test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted(inputs, 
     report = json.loads((run / "eval.json").read_text())
     assert [e["step"] for e in report["validation"]["history"]] == [0, 10, 20, 30]
     assert report["validation"] == json.loads((tmp_path / "whole" / "eval.json").read_text())["validation"]
+    assert report["speed"]["steps_timed"] == 13 and report["resumed_from"] == "checkpoint-17"
     # loss.csv: the same rows, except step 18's, which after the restart covers step 18 only
     rows = lambda d: {r["step"]: float(r["loss"]) for r in read_csv(d / "loss.csv")}  # noqa: E731
     a, b = rows(tmp_path / "whole"), rows(run)
@@ -243,6 +272,11 @@ def run_script(args, timeout=240, kill_when=None, sig=signal.SIGKILL):
     return proc.returncode, out, err
 
 
+def latest_complete_checkpoint(run) -> int:
+    """The step of the run folder's latest checkpoint with its trainer_state.json (written last), or 0."""
+    return max((int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "trainer_state.json").is_file()), default=0)
+
+
 def test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result(inputs, tmp_path):
     args = ("--max_steps", 30, "--save_strategy", "steps", "--save_steps", 5, "--eval_steps", 15)
     code, _, err = run_script(argv(inputs, tmp_path / "whole", *args))
@@ -261,9 +295,12 @@ def test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result(inputs,
         assert not (run / "manifest.json").exists()
         if sig == signal.SIGTERM:
             assert "stopped at step" in err and "run the same command again to continue" in err
+        resume_at = latest_complete_checkpoint(run)
         code, out, err = run_script(argv(inputs, run, *args))
         assert code == 0, err[-2000:]
         assert rerun_says in out, f"{name}: {out[-1000:]}"
+        # the steps that ran (eval.json counts each optimizer step of this process): only those after the checkpoint
+        assert json.loads((run / "eval.json").read_text())["speed"]["steps_timed"] == 30 - resume_at, f"{name}: resumed at {resume_at}"
         assert_same_weights(weights(tmp_path / "whole" / "checkpoint-30"), weights(run / "checkpoint-30"))
         assert max(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")) == 30  # no step past max_steps
         assert stages.read_manifest(run, "model_training")["fingerprint"] == whole["fingerprint"], name
@@ -289,10 +326,34 @@ def test_resume_without_a_checkpoint_is_refused(inputs, tmp_path):
         mt.main(argv(inputs, tmp_path / "run", "--resume"))
 
 
-def test_bf16_default_follows_the_hardware():
-    expected = bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    assert mt.Settings(output_dir="x", use_cpu=True).bf16 == expected
-    assert mt.Settings(output_dir="x", bf16=False).bf16 is False
+@pytest.mark.parametrize("amx, avx512_bf16", [(False, False), (True, False), (False, True), (True, True)])
+def test_bf16_default_follows_the_hardware(monkeypatch, amx, avx512_bf16):
+    """bf16 autocast by default on a CPU with AMX or AVX512-BF16 (either), fp32 on one with neither."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    s = mt.Settings(output_dir="x", use_cpu=True)
+    assert s.bf16 is (amx or avx512_bf16) and s.bf16_from_hardware
+    chosen = mt.Settings(output_dir="x", use_cpu=True, bf16=False)
+    assert chosen.bf16 is False and not chosen.bf16_from_hardware
+
+
+def test_bf16_default_on_this_cpu_follows_its_flags():
+    flags = Path("/proc/cpuinfo")
+    if not flags.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    words = set(flags.read_text().split())
+    assert mt.Settings(output_dir="x", use_cpu=True).bf16 is bool({"amx_tile", "avx512_bf16"} & words)
+
+
+def test_defaults_are_the_readmes():
+    """30 steps of 2 blocks per device, fused AdamW at 5e-5, linear after 10 warmup steps, the loss
+    logged every 3 steps, only the final checkpoint, no activation checkpointing, batches built in
+    the main process, validation on the first 32 blocks before and after training."""
+    s = mt.Settings(output_dir="x", use_cpu=True)
+    assert (s.max_steps, s.per_device_train_batch_size, s.learning_rate, s.warmup_steps, s.logging_steps) == (30, 2, 5e-5, 10, 3)
+    assert (s.lr_scheduler_type.value, s.optim.value, s.save_strategy.value) == ("linear", "adamw_torch_fused", "no")
+    assert not s.activation_checkpointing and s.dataloader_num_workers == 0 and s.keep_freed_memory
+    assert (s.eval_blocks, s.eval_on_start, s.eval_steps) == (32, True, 30)
 
 
 def free_port() -> int:
