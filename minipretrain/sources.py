@@ -197,6 +197,13 @@ def describe(path: Path) -> dict:
 
 
 def read_documents(plan, s):
+    """Every source's documents in order; HTML pages are extracted in `num_proc` processes."""
+    from minipretrain.web import resolve_extraction
+
+    yield from resolve_extraction(_read_documents(plan, s), getattr(s, "extractor", "trafilatura"), getattr(s, "num_proc", 1))
+
+
+def _read_documents(plan, s):
     for kind, what in plan:
         if kind == "hf":
             yield from read_hf_dataset(what, s.hf_split, s.text_column, s.hf_limit)
@@ -221,7 +228,7 @@ def read_web_archive(what, s):
 
     name = str(what)
     min_chars = getattr(s, "min_extracted_chars", 1)
-    extract = web.EXTRACTORS[getattr(s, "extractor", "trafilatura")]
+    extract = None  # pages are extracted later, in order, by resolve_extraction (read_documents)
     if name.endswith(web.WET_SUFFIXES):
         yield from web.read_wet(what, name, min_chars)
     elif name.endswith(web.WARC_SUFFIXES):

@@ -181,8 +181,8 @@ def read_warc(path, name: str, extract, min_chars: int, source: str = "web"):
         if html is None:
             yield {"text": None, "skipped": "undecodable"}
             continue
-        yield _extracted(extract(html), min_chars, source, record.headers.get("WARC-Record-ID"),
-                         _uri(record), record.headers.get("WARC-Date"))
+        yield _extracted_or_pending(extract, html, min_chars, source, record.headers.get("WARC-Record-ID"),
+                                    _uri(record), record.headers.get("WARC-Date"))
 
 
 def read_wet(path, name: str, min_chars: int, source: str = "web"):
@@ -212,7 +212,57 @@ def read_html(path, name: str, extract, min_chars: int, source: str = "web"):
     if html is None:
         yield {"text": None, "skipped": "undecodable"}
         return
-    yield _extracted(extract(html), min_chars, source, Path(str(path)).name, None, None)
+    yield _extracted_or_pending(extract, html, min_chars, source, Path(str(path)).name, None, None)
+
+
+def _extracted_or_pending(extract, html, min_chars, source, doc_id, url, date) -> dict:
+    """The document, or with extract=None a page to extract later ("html"): see resolve_extraction."""
+    if extract is not None:
+        return _extracted(extract(html), min_chars, source, doc_id, url, date)
+    return {"html": html, "min_chars": min_chars, "source": source, "doc_id": doc_id, "url": url, "date": date}
+
+
+def _extract_in_worker(extractor: str, html: str) -> str:
+    return EXTRACTORS[extractor](html)
+
+
+def resolve_extraction(items, extractor: str, num_proc: int, window: int = 256):
+    """Pass documents through in input order, extracting the text of pending pages (dicts with
+    "html"): in this process, or with num_proc > 1 in a pool of worker processes started at the
+    first page (so a run without web archives starts none), at most `window` pages in flight."""
+    from collections import deque
+
+    if num_proc <= 1:
+        for it in items:
+            yield _finish(it, EXTRACTORS[extractor](it["html"])) if "html" in it else it
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool, pending, finished = None, deque(), False
+    try:
+        for it in items:
+            if "html" in it and pool is None:
+                pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"))
+            pending.append((it, pool.submit(_extract_in_worker, extractor, it["html"]) if "html" in it else None))
+            if len(pending) >= window:
+                it, future = pending.popleft()
+                yield _finish(it, future.result()) if future else it
+        while pending:
+            it, future = pending.popleft()
+            yield _finish(it, future.result()) if future else it
+        finished = True
+    except BrokenProcessPool:
+        raise UserError("an extraction worker process died (killed, or out of memory); nothing was written "
+                        "(--num_proc 1 extracts in this process)") from None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=finished, cancel_futures=not finished)
+
+
+def _finish(it: dict, text: str) -> dict:
+    return _extracted(text, it["min_chars"], it["source"], it["doc_id"], it["url"], it["date"])
 
 
 def _extracted(text: str, min_chars: int, source, doc_id, url, date) -> dict:
