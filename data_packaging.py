@@ -43,7 +43,10 @@ from minipretrain.settings import (
     CLEANED_DIR,
     DEFAULT_BASE_MODEL,
     PACKED_DIR,
+    SEED,
+    Range,
     UserError,
+    at_least,
     parse_settings,
     run_main,
 )
@@ -73,6 +76,18 @@ class Settings:
     batch_size: int = field(default=1_000, metadata={"help": "Documents read and tokenized per batch."})
     rows_per_shard: int = field(default=200_000, metadata={"help": "Blocks per output Parquet file."})
     row_group_rows: int = field(default=10_000, metadata={"help": "Blocks per Parquet row group (bounds memory)."})
+
+
+# The allowed values of every numeric setting, checked for flags and settings files alike (parse_settings).
+CHECKS = {
+    "block_size": at_least(2),  # an input and a target token
+    "validation_fraction": Range(0, 1, high_open=True),
+    "min_validation_documents": at_least(1),
+    "seed": SEED,
+    "batch_size": at_least(1),
+    "rows_per_shard": at_least(1),
+    "row_group_rows": at_least(1),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,14 +225,7 @@ def documents_as(info: dict) -> str:
 
 
 def main(argv=None):
-    s = parse_settings(Settings, argv)
-    if s.block_size < 2:
-        raise UserError(f"setting block_size must be at least 2 (an input and a target token), got {s.block_size}")
-    for name in ("batch_size", "rows_per_shard", "row_group_rows", "min_validation_documents"):
-        if getattr(s, name) < 1:
-            raise UserError(f"setting {name} must be at least 1, got {getattr(s, name)}")
-    if not 0 <= s.validation_fraction < 1:
-        raise UserError(f"setting validation_fraction must be in [0, 1), got {s.validation_fraction}")
+    s = parse_settings(Settings, argv, CHECKS)
     cleaned, files, documents = cleaned_files(s.input_dir)
     tokenizer = load_tokenizer(s.tokenizer)
     info = tokenizer_info(tokenizer)

@@ -56,7 +56,8 @@ from minipretrain.dedup import NearDuplicates
 from minipretrain.engines import judged
 from minipretrain.filters import FILTERS, language_model_path
 from minipretrain.report import funnel_chart, summary_table
-from minipretrain.settings import CLEANED_DIR, UserError, parse_settings, run_main
+from minipretrain.modelfiles import check_fasttext_model
+from minipretrain.settings import CLEANED_DIR, UserError, at_least, between, parse_settings, run_main
 from minipretrain.sources import batched, describe, read_documents, resolve_sources
 from minipretrain.stages import stage_output
 from minipretrain.web import EXTRACTORS, SUFFIXES as WEB_ARCHIVE_SUFFIXES
@@ -110,6 +111,26 @@ class Settings:
     batch_size: int = field(default=2_000, metadata={"help": "Documents per batch (memory is a few batches)."})
     rows_per_shard: int = field(default=200_000, metadata={"help": "Documents per output Parquet file."})
     examples_per_filter: int = field(default=3, metadata={"help": "Removed documents shown per filter in report.json."})
+
+
+# The allowed values of every numeric setting, checked for flags and settings files alike (parse_settings).
+CHECKS = {
+    "hf_limit": at_least(1),
+    "min_extracted_chars": at_least(1),
+    "near_dedup_ngram": at_least(1),
+    "near_dedup_bands": at_least(1),
+    "near_dedup_rows": at_least(1),
+    "near_dedup_seed": at_least(0),
+    "min_lines": at_least(1),
+    "min_longest_line_chars": at_least(0),
+    "max_dup_paragraph_frac": between(0, 1),
+    "max_dup_char_frac": between(0, 1),
+    "min_language_score": between(0, 1),
+    "num_proc": at_least(1),
+    "batch_size": at_least(1),
+    "rows_per_shard": at_least(1),
+    "examples_per_filter": at_least(0),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,19 +234,15 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
 
 
 def main(argv=None):
-    s = parse_settings(Settings, argv)
-    for name in ("min_lines", "num_proc", "batch_size", "rows_per_shard", "hf_limit", "min_extracted_chars",
-                 "near_dedup_ngram", "near_dedup_bands", "near_dedup_rows"):
-        if getattr(s, name) < 1:
-            raise UserError(f"setting {name} must be at least 1, got {getattr(s, name)}")
-    if s.near_dedup_seed < 0:
-        raise UserError(f"setting near_dedup_seed must be at least 0, got {s.near_dedup_seed}")
-    for name in ("max_dup_paragraph_frac", "max_dup_char_frac", "min_language_score"):
-        if not 0 <= getattr(s, name) <= 1:
-            raise UserError(f"setting {name} must be between 0 and 1, got {getattr(s, name)}")
+    s = parse_settings(Settings, argv, CHECKS)
     lid_model = language_model_path(s.language_model)
+    # fastText's loader can hang or crash on a damaged file: checked here, before any worker starts
+    labels = {label.removeprefix("__label__") for label in check_fasttext_model(lid_model, "classifier")["labels"]}
     if s.extractor not in EXTRACTORS:
         raise UserError(f"setting extractor {s.extractor!r}: one of {', '.join(EXTRACTORS)}")
+    if s.language not in labels:
+        raise UserError(f"setting language {s.language!r}: not one of the labels of {lid_model} ({', '.join(sorted(labels)[:12])}"
+                        f"{', ...' if len(labels) > 12 else ''}; {len(labels)} in all)")
     plan, inputs = resolve_sources(s)
     inputs.append({"language_model": describe(lid_model)})
 

@@ -25,7 +25,12 @@ from minipretrain.loading import from_pretrained, looks_like_hub_id
 from minipretrain.settings import (
     DEFAULT_MODEL_DIR,
     DEFAULT_RUN_DIR,
+    SEED,
+    Range,
     UserError,
+    at_least,
+    greater_than,
+    one_of,
     parse_settings,
     run_main,
     settings_dict,
@@ -63,6 +68,19 @@ class Settings:
     output_file: str = field(default="", metadata={"help": "Where samples.md goes ('' = samples.md in the run folder)."})
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})
     overwrite: bool = field(default=False, metadata={"help": "Generate again even when samples.md is up to date with these settings and models."})
+
+
+# The allowed values of every numeric setting and of the word settings, checked for flags and
+# settings files alike (parse_settings).
+CHECKS = {
+    "max_new_tokens": at_least(1),
+    "temperature": greater_than(0),
+    "top_k": at_least(0),
+    "top_p": Range(0, 1, low_open=True),
+    "seed": SEED,
+    "dtype": one_of("float32", "bfloat16"),
+    "device": one_of("auto", "cpu", "cuda"),
+}
 
 
 def resolve_checkpoint(spec: str, missing: str = "run model_training.py first, or name a model folder") -> Path | str:
@@ -186,13 +204,9 @@ def samples_markdown(s: Settings, runs: list[tuple[str, str, list[dict]]]) -> st
 def main(argv=None):
     import torch
 
-    s = parse_settings(Settings, argv)
+    s = parse_settings(Settings, argv, CHECKS)
     if not s.prompts or not all(p.strip() for p in s.prompts):
         raise UserError("setting prompts: give at least one non-empty prompt")
-    if s.max_new_tokens < 1:
-        raise UserError(f"setting max_new_tokens must be at least 1, got {s.max_new_tokens}")
-    if s.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"setting device must be auto, cpu or cuda, got {s.device!r}")
     if s.device == "cuda" and not torch.cuda.is_available():
         raise UserError("setting device cuda: no CUDA device is available")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device

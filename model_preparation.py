@@ -74,7 +74,10 @@ from minipretrain.settings import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
     PACKED_DIR,
+    SEED,
     UserError,
+    at_least,
+    one_of,
     parse_settings,
     run_main,
 )
@@ -122,6 +125,16 @@ class Settings:
     overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date (one made from other settings or inputs is rebuilt anyway)."})
 
 
+# The allowed values of every numeric setting and of the word settings, checked for flags and
+# settings files alike (parse_settings).
+CHECKS = {
+    "strategy": one_of(*STRATEGIES),
+    "dtype": one_of(*DTYPES),
+    "seed": SEED,
+    "eval_blocks": at_least(0),
+    "eval_batch_size": at_least(1),
+}
+
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation on stage 2's validation blocks
@@ -155,13 +168,7 @@ def evaluate(model, dataset, settings) -> dict:
 
 
 def main(argv=None):
-    s = parse_settings(Settings, argv)
-    if s.strategy not in STRATEGIES:
-        raise UserError(f"--strategy {s.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if s.dtype not in DTYPES:
-        raise UserError(f"--dtype {s.dtype!r}: choose one of {', '.join(DTYPES)}")
-    if s.eval_blocks < 0 or s.eval_batch_size < 1:
-        raise UserError("--eval_blocks must be >= 0 and --eval_batch_size >= 1")
+    s = parse_settings(Settings, argv, CHECKS)
     if s.plan and s.strategy not in ("upscale", "downscale"):
         raise UserError(f"--plan applies to --strategy upscale or downscale, not {s.strategy}")
     dtype = DTYPES[s.dtype]

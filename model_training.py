@@ -64,6 +64,8 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+from transformers.training_args import OptimizerNames
 
 from minipretrain.loading import from_pretrained
 from minipretrain.packing import packed_dataset
@@ -71,7 +73,12 @@ from minipretrain.settings import (
     DEFAULT_MODEL_DIR,
     DEFAULT_RUN_DIR,
     PACKED_DIR,
+    SEED,
+    Range,
     UserError,
+    at_least,
+    greater_than,
+    one_of,
     parse_settings,
     run_main,
 )
@@ -161,6 +168,45 @@ class Settings(TrainingArguments):
             self.bf16, self.bf16_from_hardware = bf16_supported(self.use_cpu), True
         super().__post_init__()
 
+
+# The allowed values of every numeric setting (the ones above and the inherited TrainingArguments
+# ones) and of the word settings above, checked for flags and settings files alike
+# (parse_settings), before TrainingArguments' own checks.
+CHECKS = {
+    "max_steps": at_least(1),
+    "num_train_epochs": greater_than(0),
+    "per_device_train_batch_size": at_least(1),
+    "per_device_eval_batch_size": at_least(1),
+    "gradient_accumulation_steps": at_least(1),
+    "eval_accumulation_steps": at_least(1),
+    "learning_rate": at_least(0),
+    "warmup_steps": at_least(0),
+    "weight_decay": at_least(0),
+    "adam_beta1": Range(0, 1, high_open=True),
+    "adam_beta2": Range(0, 1, high_open=True),
+    "adam_epsilon": at_least(0),
+    "max_grad_norm": at_least(0),
+    "label_smoothing_factor": Range(0, 1, high_open=True),
+    "neftune_noise_alpha": at_least(0),
+    "logging_steps": greater_than(0),
+    "eval_steps": greater_than(0),
+    "eval_delay": at_least(0),
+    "eval_blocks": at_least(0),
+    "save_steps": greater_than(0),
+    "save_total_limit": at_least(1),
+    "seed": SEED,
+    "data_seed": SEED,
+    "dataloader_num_workers": at_least(0),
+    "dataloader_prefetch_factor": at_least(1),
+    "torch_empty_cache_steps": at_least(1),
+    "ddp_bucket_cap_mb": at_least(1),
+    "ddp_timeout": at_least(1),
+    "local_rank": at_least(-1),
+    "optim": one_of(*(o.value for o in OptimizerNames)),
+    "lr_scheduler_type": one_of(*(t.value for t in SchedulerType)),
+    "save_strategy": one_of(*(t.value for t in SaveStrategy)),
+    "eval_strategy": one_of(*(t.value for t in IntervalStrategy)),
+}
 
 
 def load_blocks(packed_dir, eval_blocks: int):
@@ -277,13 +323,9 @@ def train(s: Settings, callbacks=()) -> dict | None:
 
 
 def main(argv=None):
-    s = parse_settings(Settings, argv)
-    if s.max_steps < 1:
-        raise UserError(f"--max_steps must be at least 1 (got {s.max_steps})")
+    s = parse_settings(Settings, argv, CHECKS)
     if s.resume and s.overwrite:
         raise UserError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
-    if s.eval_blocks < 0:
-        raise UserError(f"--eval_blocks must be >= 0 (got {s.eval_blocks})")
     try:
         report = train(s)
     except Exception as e:  # a full disk or read-only run folder while saving: one line, not a traceback

@@ -1,6 +1,6 @@
 """The parts the five stage scripts use, one concern per module (README: "How the code is laid out").
 
-settings      the shared defaults, settings parsing (flags, JSON/YAML), UserError and run_main
+settings      the shared defaults, settings parsing (flags, JSON/YAML, each value checked alike), UserError and run_main
 stages        atomic output folders, manifest.json, fingerprints
 sources       readers of stage 1's inputs (jsonl, parquet, txt, hf:, .py) and Parquet batches
 filters       stage 1's filters as plain functions: True or (False, reason)
@@ -8,6 +8,7 @@ dedup         what identifies a text for de-duplication
 engines       where stage 1's filters run: this process or a pool of worker processes
 report        stage 1's filter report: printed table and funnel chart
 loading       bundled files, hub ids and safe from_pretrained (never a folder's code or a pickle)
+modelfiles    checks of model files before a library reads them (fastText, GGUF, safetensors, JSON)
 tokenization  loading tokenizers, document boundaries, fingerprints, batch tokenization
 packing       stage 2's token stream, blocks and Parquet shards, and packed_dataset to read them
 models        the base model, layer plans and surgery, loss over packed blocks

@@ -1,11 +1,23 @@
 """Where stage 1's filters run: in this process, or in a pool of worker processes. The output is the
 same for any number of processes: batches come back in input order.
+
+A worker that cannot start (its language-ID model does not load) or that dies (killed, out of
+memory, a crash inside fastText) stops the stage with one line: the pool is a
+concurrent.futures.ProcessPoolExecutor, which reports a dead worker (BrokenProcessPool) where
+multiprocessing.Pool would start a new one and wait forever for the lost batch, and a worker's
+start-up error is kept and raised by its first batch rather than raised in the initializer, which
+would print a traceback and leave the pool without workers.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from minipretrain.dedup import text_digest
 from minipretrain.filters import (
@@ -14,6 +26,8 @@ from minipretrain.filters import (
     paragraph_length_filter,
     repetition_filter,
 )
+from minipretrain.modelfiles import check_fasttext_model
+from minipretrain.settings import UserError
 
 # Worker side: judge a batch of documents with filters 1, 2 and 4. De-duplication needs the whole
 # corpus's history, so the main process hashes every text before sending it: a text seen before is
@@ -23,16 +37,47 @@ from minipretrain.filters import (
 _worker = {}
 
 
-def _init_worker(s):
+def load_language_model(s):
+    """The fastText model of s.language_model, checked first: fastText's loader can hang or crash the
+    process on a damaged file (minipretrain.modelfiles)."""
     import fasttext
 
+    path = language_model_path(s.language_model)
+    check_fasttext_model(path, "classifier")
+    try:
+        return fasttext.load_model(str(path))
+    except (ValueError, OSError, RuntimeError) as e:  # what fastText raises for a file it refuses
+        raise UserError(f"{path}: fastText cannot load it ({e})") from None
+
+
+def _init_worker(s):
+    _exit_with_parent()
     _worker["settings"] = s
-    _worker["model"] = fasttext.load_model(str(language_model_path(s.language_model)))
+    try:
+        _worker["model"] = load_language_model(s)
+    except Exception as e:  # kept for the first batch: see the module's docstring
+        _worker["error"] = e if isinstance(e, UserError) else UserError(f"a filter worker could not start: {type(e).__name__}: {e}")
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the main process is gone (SIGKILL, a crash): a ProcessPoolExecutor
+    worker waiting for its next batch would otherwise wait forever, an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def judge_batch(batch: list[tuple[str | None, str]]) -> list[tuple]:
     """[(text, source)] -> [(step that removed it or None, reason)] for filters 1, 2, 4.
     A text of None is a copy of one judged before: not judged again ("copy")."""
+    if "error" in _worker:
+        raise _worker["error"]
     s, model = _worker["settings"], _worker["model"]
     verdicts = []
     for text, source in batch:
@@ -67,17 +112,39 @@ def judged(batches, s):
         return items
 
     if s.num_proc <= 1:
-        _init_worker(s)
+        _worker.pop("error", None)
+        _worker["settings"], _worker["model"] = s, load_language_model(s)
         for batch in batches:
             yield batch, judge_batch(to_judge(batch))
         return
-    with multiprocessing.get_context("spawn").Pool(s.num_proc, _init_worker, (s,)) as pool:
+    check_fasttext_model(language_model_path(s.language_model), "classifier")  # before any worker starts
+    pool = ProcessPoolExecutor(s.num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(s,))
+    finished = False
+    try:
         pending = deque()
         for batch in batches:
-            pending.append((batch, pool.apply_async(judge_batch, (to_judge(batch),))))
+            pending.append((batch, pool.submit(judge_batch, to_judge(batch))))
             if len(pending) >= 2 * s.num_proc:
                 batch, result = pending.popleft()
-                yield batch, result.get()
+                yield batch, result.result()
         while pending:
             batch, result = pending.popleft()
-            yield batch, result.get()
+            yield batch, result.result()
+        finished = True
+    except BrokenProcessPool:
+        raise UserError(
+            f"a filter worker process died (killed, out of memory, or crashed in fastText reading {s.language_model}); "
+            "nothing was written (--num_proc 1 runs the filters in this process)"
+        ) from None
+    finally:
+        if not finished:  # an error, or the reader stopped early: no waiting for the batches in flight
+            _stop_workers(pool)
+        pool.shutdown(wait=finished, cancel_futures=not finished)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from minipretrain.loading import BUNDLED, bundled_file, from_pretrained
+from minipretrain.modelfiles import DamagedFile
 from minipretrain.settings import DEFAULT_BASE_MODEL, UserError
 from minipretrain.tokenization import document_boundaries, load_tokenizer
 
@@ -136,6 +137,8 @@ def load_base_config(spec: str):
             config = from_pretrained(AutoConfig, gguf[0], f"--base {spec!r}: cannot load its config", gguf_file=gguf[1])
         else:
             config = from_pretrained(AutoConfig, spec, f"--base {spec!r}: cannot load its config")
+    except DamagedFile:
+        raise  # the file named is the problem, not the choice of base
     except UserError as e:
         if not Path(spec).exists() and "/" not in spec:
             raise UserError(f"--base {spec!r}: unknown base; choose {base_choices()}") from None

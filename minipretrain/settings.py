@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import sys
+import typing
+from argparse import ArgumentTypeError
+from argparse import _StoreFalseAction as _StoreFalse
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -57,32 +62,241 @@ def os_error(e: OSError) -> str:
     return f"{path}: {what}" if path else what
 
 
-def parse_settings(settings_class, argv=None):
+# ----------------------------------------------------------------------------------------------
+# What a setting may be: a range for a number, a list of choices for a word. Each script lists its
+# settings' checks next to its Settings; parse_settings applies them to flags and files alike.
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric setting: `low` and `high` bounds (None: unbounded), each
+    inclusive unless `low_open` / `high_open`. NaN and infinities are never allowed; None passes
+    (a setting whose type allows None)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self.describe()}, got {value}" if below or above else None
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None and not (self.low_open or self.high_open):
+            return f"between {self.low} and {self.high}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"greater than {self.low}" if self.low_open else f"at least {self.low}")
+        if self.high is not None:
+            parts.append(f"less than {self.high}" if self.high_open else f"at most {self.high}")
+        return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """A setting that takes one of a few words."""
+
+    choices: tuple
+
+    def problem(self, value) -> str | None:
+        if value in self.choices:
+            return None
+        return f"must be {_one_of(self.choices)}, got {value!r}"
+
+
+def _one_of(choices) -> str:
+    choices = list(choices)
+    return f"one of {', '.join(map(str, choices[:8]))}" + (f", ... ({len(choices)} in all)" if len(choices) > 8 else "")
+
+
+def at_least(low) -> Range:
+    return Range(low=low)
+
+
+def greater_than(low) -> Range:
+    return Range(low=low, low_open=True)
+
+
+def between(low, high) -> Range:
+    return Range(low=low, high=high)
+
+
+def one_of(*choices) -> OneOf:
+    return OneOf(tuple(choices))
+
+
+SEED = between(0, 2**32 - 1)  # what every library's seed accepts (numpy's is the narrowest)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing: flags, and a JSON or YAML file whose values go through the same conversion
+
+
+class _BadValue(Exception):
+    """A value that its setting's type refuses; `expected` says what the type takes."""
+
+    def __init__(self, expected: str):
+        self.expected = expected
+
+
+_KINDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _kind(action, plural: bool = False) -> str:
+    base = getattr(action, "_base_type", None)
+    if action.choices is not None:
+        return _one_of(action.choices)
+    if getattr(base, "__name__", "") == "string_to_bool":
+        return "true/false values" if plural else "true or false"
+    if base in _KINDS:
+        return _KINDS[base][plural]
+    name = getattr(base, "__name__", "value")
+    return f"{name} values" if plural else f"a {name}"
+
+
+def _list_kind(action) -> str:
+    return f"{_kind(action)} or a list of {_kind(action, plural=True)}"
+
+
+def _convert(action, text: str):
+    """One flag value (a string) -> the setting's value, as argparse converts it; _BadValue if not."""
+    base = action._base_type
+    try:
+        value = base(text) if base is not None else text
+    except (TypeError, ValueError, ArgumentTypeError):
+        raise _BadValue(_kind(action)) from None
+    if action.choices is not None and value not in action.choices:
+        raise _BadValue(_kind(action))
+    return value
+
+
+def _strict_type(action):
+    """The `type` argparse calls for a flag's value: _convert, whose refusal is one line naming the flag."""
+
+    def convert(text: str):
+        try:
+            return _convert(action, text)
+        except _BadValue as e:
+            raise UserError(f"{action.option_strings[0]}: expected {e.expected}, got {text!r}") from None
+
+    return convert
+
+
+def _as_flag_text(value) -> str:
+    """A value read from a JSON or YAML file, written as the flag's text would be."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _shown(value) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _file_value(action, hint, value):
+    """A settings file's value -> the setting's value, through the flag's conversion; _BadValue if not.
+    A single value for a list setting is a one-element list; null only where the type allows None."""
+    args = typing.get_args(hint)
+    if value is None:
+        if hint is type(None) or type(None) in args or hint is typing.Any:
+            return None
+        raise _BadValue(_list_kind(action) if action.nargs in ("+", "*") else _kind(action))
+    if isinstance(value, dict) and (hint is dict or dict in args or dict in map(typing.get_origin, args)):
+        return value  # a mapping setting (TrainingArguments' *_kwargs, *_config): as the file gives it
+    if action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        if not items and action.nargs == "+":
+            raise _BadValue(f"{_kind(action)} or a non-empty list of {_kind(action, plural=True)}")
+        return [_file_scalar(action, item, plural=True) for item in items]
+    return _file_scalar(action, value)
+
+
+def _file_scalar(action, value, plural: bool = False):
+    expected = _list_kind(action) if plural else _kind(action)
+    if isinstance(value, (list, dict)) or value is None:
+        raise _BadValue(expected)
+    is_bool_setting = getattr(action._base_type, "__name__", "") == "string_to_bool"
+    if isinstance(value, bool) and not is_bool_setting:  # YAML reads yes/no/on/off unquoted as booleans
+        raise _BadValue(expected + (" (in YAML, quote a word such as no, yes, on or off)" if action._base_type is str else ""))
+    try:
+        return _convert(action, _as_flag_text(value))
+    except _BadValue:
+        raise _BadValue(expected) from None
+
+
+def parse_settings(settings_class, argv=None, checks: dict | None = None):
     """Settings from the command line: `--name value` flags, and optionally a JSON or YAML file as
     the first argument whose values the flags then override.
 
         python data_preparation.py --min_lines 5
         python data_preparation.py my_settings.yaml --overwrite
+
+    A file's value goes through the conversion its flag's text would (an int setting takes 3 or
+    "3", never 2.5 or "three"; a bool setting true/false; null only where the type allows None), a
+    single value for a list setting is a one-element list, and a mapping passes only to a setting
+    that takes one. Then each of `checks` ({name: Range or OneOf}) is applied to the value the
+    setting ends with. Any bad value is one UserError naming its origin and the setting, before any
+    work starts: `my.yaml: min_lines: expected an integer, got 2.5`, `--min_lines: expected an
+    integer, got 'three'`, `--top_p: must be greater than 0 and at most 1, got 1.5`.
     """
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(settings_class, allow_abbrev=False)  # a typo must not pass for another setting
+    parser.error = _parser_error
+    fields = {f.name for f in dataclasses.fields(settings_class) if f.init}
+    actions = {a.dest: a for a in parser._actions if a.dest in fields and a.option_strings and not isinstance(a, _StoreFalse)}
+    for action in actions.values():
+        action._base_type = action.type
+        action.type = _strict_type(action)
+
+    from_file, path = {}, None
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         path = Path(argv.pop(0))
         values = _read_settings_file(path)
-        known = {f.name for f in dataclasses.fields(settings_class) if f.init}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(map(str, set(values) - fields))
         if unknown:
             raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)} (see --help for the settings)")
-        parser.set_defaults(**values)
-    try:
-        settings, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except ValueError as e:  # a value that the dataclass's __post_init__ rejects (TrainingArguments)
-        raise UserError(f"settings: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        hints = typing.get_type_hints(settings_class)
+        for name, value in values.items():
+            try:
+                from_file[name] = _file_value(actions[name], hints[name], value)
+            except _BadValue as e:
+                raise UserError(f"{path}: {name}: expected {e.expected}, got {_shown(value)}") from None
+        parser.set_defaults(**from_file)
+
+    namespace, unknown = parser.parse_known_args(args=argv)
     if unknown:
         raise UserError(f"unknown setting(s): {' '.join(unknown)} (see --help for the settings)")
-    return settings
+    from_flags = {parser._option_string_actions[a.split("=", 1)[0]].dest for a in argv
+                  if a.startswith("--") and a.split("=", 1)[0] in parser._option_string_actions}
+    for name, check in (checks or {}).items():
+        problem = check.problem(getattr(namespace, name))
+        if problem:
+            if name in from_flags:
+                raise UserError(f"--{name}: {problem}")
+            if name in from_file:
+                raise UserError(f"{path}: {name}: {problem}")
+            script = Path(getattr(sys.modules.get(settings_class.__module__), "__file__", "") or settings_class.__module__).name
+            raise UserError(f"setting {name}: {problem} (the default in {script}'s Settings)")
+    try:
+        return settings_class(**{name: value for name, value in vars(namespace).items() if name in fields})
+    except ValueError as e:  # a value that the dataclass's __post_init__ rejects (TrainingArguments)
+        raise UserError(f"settings: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
+def _parser_error(message: str):
+    """argparse's own refusals (a flag without its value, ...): one line naming the flag, not usage + exit 2."""
+    match = re.match(r"argument (--[\w-]+)(?:/[^:]*)?: (.*)", message)
+    raise UserError(f"{match[1]}: {match[2]}" if match else message)
 
 
 def _read_settings_file(path: Path) -> dict:

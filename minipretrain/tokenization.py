@@ -14,6 +14,7 @@ from minipretrain.loading import (
     from_pretrained,
     looks_like_hub_id,
 )
+from minipretrain.modelfiles import DamagedFile, check_gguf
 from minipretrain.settings import DEFAULT_BASE_MODEL, UserError
 
 # GGUF pre-tokenizer names for which llama.cpp splits every digit on its own before the GPT-2
@@ -47,6 +48,8 @@ def load_tokenizer(spec):
         where = "a folder" if path.is_dir() else "a Hugging Face hub id (not a local folder either)"
         try:
             tokenizer = from_pretrained(AutoTokenizer, spec, f"tokenizer {spec!r}: cannot load it as {where}")
+        except DamagedFile:
+            raise  # the file named is the problem, not the choice of tokenizer
         except UserError as e:
             raise UserError(f"{e}; {offline_default}") from None
     else:
@@ -72,6 +75,7 @@ def _gguf_tokenizer(path: Path):
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.reader import read_gguf_metadata
 
+    check_gguf(path)  # a truncated or damaged file: one line naming it, before the readers meet it
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
         metadata, _ = read_gguf_metadata(str(path), ())
@@ -98,10 +102,18 @@ def _sentencepiece_tokenizer(path: Path):
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
     from transformers.tokenization_utils_base import generate_merges
 
+    if path.stat().st_size == 0:  # protobuf reads an empty file as an empty model
+        raise DamagedFile(f"{path}: empty file, not a SentencePiece model")
     try:
         proto = SentencePieceExtractor(str(path)).proto
     except Exception as e:  # protobuf's DecodeError and friends
-        raise UserError(f"{path}: not a SentencePiece model ({type(e).__name__}: {e})") from None
+        raise DamagedFile(f"{path}: not a SentencePiece model ({type(e).__name__}: {e})") from None
+    if not proto.pieces:
+        raise DamagedFile(f"{path}: not a SentencePiece model (it holds no pieces)")
+    ids = {"unk_id": proto.trainer_spec.unk_id, "bos_id": proto.trainer_spec.bos_id, "eos_id": proto.trainer_spec.eos_id}
+    for name, i in ids.items():
+        if i >= len(proto.pieces) or (name == "unk_id" and i < 0):
+            raise DamagedFile(f"{path}: a damaged SentencePiece model (its {name} {i} is not one of its {len(proto.pieces)} pieces)")
     if proto.trainer_spec.model_type != 2:  # 1 unigram, 2 BPE
         raise UserError(f"{path}: a SentencePiece model of type {proto.trainer_spec.model_type}; only BPE models (type 2) are supported")
     vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}

@@ -340,7 +340,7 @@ def test_error_reaches_the_user_as_one_line_and_exit_1(tmp_path):
 
 
 def test_settings_bad_values_and_unknown_keys(tmp_path):
-    with pytest.raises(UserError, match="setting max_dup_char_frac must be between 0 and 1"):
+    with pytest.raises(UserError, match="--max_dup_char_frac: must be between 0 and 1, got 1.5"):
         dp.main(["--max_dup_char_frac", "1.5", "--output_dir", str(tmp_path / "o")])
     with pytest.raises(UserError, match=r"unknown setting\(s\): --min_line 4 \(see --help"):
         dp.main(["--min_line", "4", "--output_dir", str(tmp_path / "o")])

@@ -116,6 +116,6 @@ def test_clear_errors(model_dir, tmp_path):
     (empty / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(UserError, match="no_weights: cannot load a model"):
         demo.main(settings(empty, tmp_path))
-    with pytest.raises(UserError, match="max_new_tokens must be at least 1"):
+    with pytest.raises(UserError, match="--max_new_tokens: must be at least 1, got 0"):
         demo.main(settings(model_dir, tmp_path, "--max_new_tokens", "0"))
     assert not (tmp_path / "samples.md").exists()  # no output for bad input

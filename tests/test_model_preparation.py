@@ -374,8 +374,8 @@ def test_main_without_packed_data_skips_evaluation(base_dir, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--strategy", "grow"], "--strategy 'grow'"),
-        (["--dtype", "float16"], "--dtype 'float16'"),
+        (["--strategy", "grow"], "--strategy: must be one of random, load, downscale, upscale, got 'grow'"),
+        (["--dtype", "float16"], "--dtype: must be one of float32, bfloat16, got 'float16'"),
         (["--strategy", "load", "--plan", "[[0, 2]]"], "--plan applies to"),
         (["--plan", "[[0, 9]]"], r"\[0, 9\] is out of range"),
     ],
