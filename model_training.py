@@ -64,8 +64,6 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
-from transformers.training_args import OptimizerNames
 
 from minipretrain.loading import from_pretrained
 from minipretrain.packing import packed_dataset
@@ -73,12 +71,8 @@ from minipretrain.settings import (
     DEFAULT_MODEL_DIR,
     DEFAULT_RUN_DIR,
     PACKED_DIR,
-    SEED,
-    Range,
     UserError,
     at_least,
-    greater_than,
-    one_of,
     parse_settings,
     run_main,
 )
@@ -88,6 +82,7 @@ from minipretrain.training import (
     EVAL_JSON,
     LOSS_CSV,
     LOSS_PNG,
+    TRAINER_CHECKS,
     Monitor,
     StopOnSignal,
     bf16_supported,
@@ -169,44 +164,10 @@ class Settings(TrainingArguments):
         super().__post_init__()
 
 
-# The allowed values of every numeric setting (the ones above and the inherited TrainingArguments
-# ones) and of the word settings above, checked for flags and settings files alike
-# (parse_settings), before TrainingArguments' own checks.
-CHECKS = {
-    "max_steps": at_least(1),
-    "num_train_epochs": greater_than(0),
-    "per_device_train_batch_size": at_least(1),
-    "per_device_eval_batch_size": at_least(1),
-    "gradient_accumulation_steps": at_least(1),
-    "eval_accumulation_steps": at_least(1),
-    "learning_rate": at_least(0),
-    "warmup_steps": at_least(0),
-    "weight_decay": at_least(0),
-    "adam_beta1": Range(0, 1, high_open=True),
-    "adam_beta2": Range(0, 1, high_open=True),
-    "adam_epsilon": at_least(0),
-    "max_grad_norm": at_least(0),
-    "label_smoothing_factor": Range(0, 1, high_open=True),
-    "neftune_noise_alpha": at_least(0),
-    "logging_steps": greater_than(0),
-    "eval_steps": greater_than(0),
-    "eval_delay": at_least(0),
-    "eval_blocks": at_least(0),
-    "save_steps": greater_than(0),
-    "save_total_limit": at_least(1),
-    "seed": SEED,
-    "data_seed": SEED,
-    "dataloader_num_workers": at_least(0),
-    "dataloader_prefetch_factor": at_least(1),
-    "torch_empty_cache_steps": at_least(1),
-    "ddp_bucket_cap_mb": at_least(1),
-    "ddp_timeout": at_least(1),
-    "local_rank": at_least(-1),
-    "optim": one_of(*(o.value for o in OptimizerNames)),
-    "lr_scheduler_type": one_of(*(t.value for t in SchedulerType)),
-    "save_strategy": one_of(*(t.value for t in SaveStrategy)),
-    "eval_strategy": one_of(*(t.value for t in IntervalStrategy)),
-}
+# The allowed values of this stage's own settings, and (TRAINER_CHECKS) of the TrainingArguments
+# ones it inherits, checked for flags and settings files alike (parse_settings), before
+# TrainingArguments' own checks.
+CHECKS = TRAINER_CHECKS | {"max_steps": at_least(1), "eval_blocks": at_least(0)}
 
 
 def load_blocks(packed_dir, eval_blocks: int):

@@ -17,9 +17,25 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+from transformers.training_args import OptimizerNames
 
-from minipretrain.settings import UserError, settings_dict
-from minipretrain.stages import MANIFEST, file_sha256, library_versions, read_manifest, what_changed
+from minipretrain.settings import (
+    SEED,
+    Range,
+    UserError,
+    at_least,
+    greater_than,
+    one_of,
+    settings_dict,
+)
+from minipretrain.stages import (
+    MANIFEST,
+    file_sha256,
+    library_versions,
+    read_manifest,
+    what_changed,
+)
 from minipretrain.tokenization import tokenizer_fingerprint
 
 STAGE = "model_training"
@@ -28,6 +44,43 @@ LOSS_PNG = "loss.png"
 EVAL_JSON = "eval.json"
 RUN_JSON = "run.json"
 LOSS_COLUMNS = ("step", "loss", "learning_rate", "grad_norm")
+
+
+# The allowed values of the TrainingArguments settings stage 4 inherits (numbers and words), for
+# parse_settings: a bad value is one line naming the flag or the file, before the Trainer sees it.
+TRAINER_CHECKS = {
+    "num_train_epochs": greater_than(0),
+    "per_device_train_batch_size": at_least(1),
+    "per_device_eval_batch_size": at_least(1),
+    "gradient_accumulation_steps": at_least(1),
+    "eval_accumulation_steps": at_least(1),
+    "learning_rate": at_least(0),
+    "warmup_steps": at_least(0),
+    "weight_decay": at_least(0),
+    "adam_beta1": Range(0, 1, high_open=True),
+    "adam_beta2": Range(0, 1, high_open=True),
+    "adam_epsilon": at_least(0),
+    "max_grad_norm": at_least(0),
+    "label_smoothing_factor": Range(0, 1, high_open=True),
+    "neftune_noise_alpha": at_least(0),
+    "logging_steps": greater_than(0),
+    "eval_steps": greater_than(0),
+    "eval_delay": at_least(0),
+    "save_steps": greater_than(0),
+    "save_total_limit": at_least(1),
+    "seed": SEED,
+    "data_seed": SEED,
+    "dataloader_num_workers": at_least(0),
+    "dataloader_prefetch_factor": at_least(1),
+    "torch_empty_cache_steps": at_least(1),
+    "ddp_bucket_cap_mb": at_least(1),
+    "ddp_timeout": at_least(1),
+    "local_rank": at_least(-1),
+    "optim": one_of(*(o.value for o in OptimizerNames)),
+    "lr_scheduler_type": one_of(*(t.value for t in SchedulerType)),
+    "save_strategy": one_of(*(t.value for t in SaveStrategy)),
+    "eval_strategy": one_of(*(t.value for t in IntervalStrategy)),
+}
 
 
 def bf16_supported(cpu: bool) -> bool:
