@@ -51,7 +51,7 @@ def load_language_model(s):
 
 
 def _init_worker(s):
-    _exit_with_parent()
+    exit_with_parent()
     _worker["settings"] = s
     try:
         _worker["model"] = load_language_model(s)
@@ -59,7 +59,7 @@ def _init_worker(s):
         _worker["error"] = e if isinstance(e, UserError) else UserError(f"a filter worker could not start: {type(e).__name__}: {e}")
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """End this worker when the main process is gone (SIGKILL, a crash): a ProcessPoolExecutor
     worker waiting for its next batch would otherwise wait forever, an orphan."""
     parent = multiprocessing.parent_process()

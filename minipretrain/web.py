@@ -240,11 +240,14 @@ def resolve_extraction(items, extractor: str, num_proc: int, window: int = 256):
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from minipretrain.engines import exit_with_parent
+
     pool, pending, finished = None, deque(), False
     try:
         for it in items:
             if "html" in it and pool is None:
-                pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"))
+                # exit_with_parent: a worker whose main process is killed ends with it, not an orphan
+                pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent)
             pending.append((it, pool.submit(_extract_in_worker, extractor, it["html"]) if "html" in it else None))
             if len(pending) >= window:
                 it, future = pending.popleft()
