@@ -14,8 +14,12 @@ runs once on the unmutated copy; a set that fails there cannot judge anything ("
 
 A mutation's line is matched without its indentation, which the new line keeps; `after` names a
 line above it to pick one of several identical lines. A line that is not found (the code moved
-on) is reported "not applicable", not counted. Not part of CI: every mutation takes a pytest run,
-about 25 minutes in all on 2 cores (the resume and default-base ones are the slow ones).
+on) is reported "not applicable", not counted; P5 and P5b are the same mutation before and after
+stage 2 got its eval split. Not part of CI: every mutation takes a pytest run, about 30 minutes
+in all on 2 cores shared with other work (the resume and default-base ones are the slow ones).
+
+`--tests_from REV` judges the same mutations with another revision's tests (whole test files),
+e.g. the tests before a change, to see which mutations they let survive.
 """
 
 from __future__ import annotations
@@ -147,6 +151,8 @@ MUTATIONS = [
     Mutation("P4", P, "if k >= n:", "if k > n:", PACKING_TESTS, "at least one document left for training"),
     Mutation("P5", P, "is_validation = split_hashes(doc_ids, s.seed) <= threshold", "is_validation = split_hashes(doc_ids, s.seed) < threshold",
              PACKING_TESTS, "the k smallest hashes, the k-th included"),
+    Mutation("P5b", P, 'side = np.where(hashes <= threshold, "validation", "train")', 'side = np.where(hashes < threshold, "validation", "train")',
+             PACKING_TESTS, "the k smallest hashes, the k-th included (P5 where stage 2 has an eval split)"),
     Mutation("P6", P, "min_validation_documents: int = field(default=10, metadata={\"help\": \"Hold out at least this many documents.\"})",
              "min_validation_documents: int = field(default=5, metadata={\"help\": \"x\"})", PACKING_TESTS, "the default minimum is 10"),
     Mutation("P7", P, "validation_fraction: float = field(default=0.02, metadata={\"help\": \"Share of documents held out for validation.\"})",
