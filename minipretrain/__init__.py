@@ -1,10 +1,11 @@
-"""The parts the five stage scripts use, one concern per module (README: "How the code is laid out").
+"""The parts the stage scripts use, one concern per module (README: "How the code is laid out").
 
 settings      the shared defaults, settings parsing (flags, JSON/YAML, each value checked alike), UserError and run_main
 stages        atomic output folders, manifest.json, fingerprints
-sources       readers of stage 1's inputs (jsonl, parquet, txt, hf:, .py) and Parquet batches
+sources       readers of stage 1's inputs (jsonl, parquet, txt, hf:, .py, URLs) and Parquet batches
+web           WARC, WET and HTML readers, charset decoding, main-text extraction
 filters       stage 1's filters as plain functions: True or (False, reason)
-dedup         what identifies a text for de-duplication
+dedup         exact (a digest) and near (MinHash LSH) de-duplication
 engines       where stage 1's filters run: this process or a pool of worker processes
 report        stage 1's filter report: printed table and funnel chart
 loading       bundled files, hub ids and safe from_pretrained (never a folder's code or a pickle)
