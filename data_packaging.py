@@ -6,10 +6,12 @@ tokens, the train and validation documents concatenated and chopped into blocks 
     python data_packaging.py --tokenizer path/to/model_folder_or.gguf_or.model
 
 What it does, in order:
-1. Split BY DOCUMENT, before packing, so no block mixes the two splits: a document is in
+1. Split BY DOCUMENT, before packing, so no block mixes two splits: a document is in
    validation when its hash of (seed, doc_id) is among the smallest max(validation_fraction * N,
-   min_validation_documents) of the N documents. The choice depends only on the seed and the
-   doc_id, not on batch sizes or file order.
+   min_validation_documents) of the N documents, and in eval (never trained on, never validated
+   on during training: model_evaluation.py's held-out data) when among the next eval_documents.
+   The choice depends only on the seed and the doc_id, not on batch sizes or file order, and
+   eval_documents 0 gives the train and validation blocks of a packing without an eval split.
 2. Tokenize in batches with the Rust tokenizer (encode_batch_fast), which spreads a batch over all cores.
    Special-token text inside a document (say a literal "<|endoftext|>") stays text: only the
    boundaries added here are boundary tokens.
@@ -19,9 +21,11 @@ What it does, in order:
    next; the manifest records the choice). Each split's documents, in input order, are
    concatenated and chopped into blocks with numpy, the remainder carried to the next batch; only
    each split's final incomplete block is dropped (the manifest counts its tokens).
-4. Blocks stream into Parquet shards (train/packed-00000.parquet, ..., validation/...), an
-   `input_ids` column of int32 lists of exactly block_size, in bounded row groups; memory holds a
-   batch of documents and one row group per split, however large the corpus.
+4. Blocks stream into Parquet shards (train/packed-00000.parquet, ..., validation/..., eval/...),
+   an `input_ids` column of int32 lists of exactly block_size, in bounded row groups; memory holds
+   a batch of documents and one row group per split, however large the corpus. The held-out
+   documents' text goes beside them (documents/validation.parquet, documents/eval.parquet: doc_id,
+   text), for evaluations that need documents rather than blocks (model_evaluation.py).
 
 manifest.json: block_size, seed, the tokenizer (tokenization.tokenizer_info: name, vocab_size,
 boundary ids and tokens, the choice, fingerprint), and per split: documents, tokens (boundaries
@@ -72,6 +76,11 @@ class Settings:
     block_size: int = field(default=32, metadata={"help": "Tokens per block (the seed's 32; 2048 for real runs)."})
     validation_fraction: float = field(default=0.02, metadata={"help": "Share of documents held out for validation."})
     min_validation_documents: int = field(default=10, metadata={"help": "Hold out at least this many documents."})
+    eval_documents: int = field(
+        default=30,
+        metadata={"help": "Documents held out as the eval split, after validation's: model_evaluation.py's multiple-choice "
+                  "items come from them (30 give its 300 items); never trained on. 0: no eval split."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the train/validation split."})
     batch_size: int = field(default=1_000, metadata={"help": "Documents read and tokenized per batch."})
     rows_per_shard: int = field(default=200_000, metadata={"help": "Blocks per output Parquet file."})
@@ -83,6 +92,7 @@ CHECKS = {
     "block_size": at_least(2),  # an input and a target token
     "validation_fraction": Range(0, 1, high_open=True),
     "min_validation_documents": at_least(1),
+    "eval_documents": at_least(0),
     "seed": SEED,
     "batch_size": at_least(1),
     "rows_per_shard": at_least(1),
@@ -167,6 +177,15 @@ def validation_threshold(hashes: np.ndarray, fraction: float, min_documents: int
     return int(np.partition(hashes, k - 1)[k - 1])
 
 
+def eval_threshold(hashes: np.ndarray, validation: int, eval_documents: int) -> int | None:
+    """The largest hash that goes to the eval split: the eval_documents smallest hashes above
+    validation's threshold go. None for no eval split: eval_documents 0, or a corpus that cannot
+    spare them (fewer documents than that would be left to train on)."""
+    rest = hashes[hashes > validation]
+    if eval_documents == 0 or eval_documents > len(rest) // 2:
+        return None
+    return int(np.partition(rest, eval_documents - 1)[eval_documents - 1])
+
 
 # ----------------------------------------------------------------------------------------------
 # Packing
@@ -180,29 +199,37 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
     # Pass 1, over the doc_id column only: where the validation threshold lies.
     hashes = np.concatenate([split_hashes(ids, s.seed) for ids in doc_id_batches(files)])
     threshold = validation_threshold(hashes, s.validation_fraction, s.min_validation_documents)
+    held_out = eval_threshold(hashes, threshold, s.eval_documents)
+    splits = SPLITS + (("eval",) if held_out is not None else ())
 
-    writers = {split: BlockWriter(out_dir / split, s.block_size, s.rows_per_shard, s.row_group_rows) for split in SPLITS}
-    carry = {split: stream_start(bos_id, eos_id) for split in SPLITS}
-    counts = {split: {"documents": 0} for split in SPLITS}
+    writers = {split: BlockWriter(out_dir / split, s.block_size, s.rows_per_shard, s.row_group_rows) for split in splits}
+    texts_out = {split: DocumentWriter(out_dir / "documents" / f"{split}.parquet") for split in splits if split != "train"}
+    carry = {split: stream_start(bos_id, eos_id) for split in splits}
+    counts = {split: {"documents": 0} for split in splits}
     tokens = 0
     try:
         with tqdm(total=documents, desc="packing", unit="doc") as bar:
             for texts, doc_ids in read_batches(files, s.batch_size):
-                is_validation = split_hashes(doc_ids, s.seed) <= threshold
+                hashes = split_hashes(doc_ids, s.seed)
+                side = np.where(hashes <= threshold, "validation", "train")
+                if held_out is not None:
+                    side[(hashes > threshold) & (hashes <= held_out)] = "eval"
                 token_lists = tokenize(tokenizer, texts)
-                for split, wanted in (("train", False), ("validation", True)):
-                    chosen = [ids for ids, v in zip(token_lists, is_validation) if v == wanted]
+                for split in splits:
+                    chosen = [ids for ids, v in zip(token_lists, side) if v == split]
                     stream = document_stream(chosen, bos_id, eos_id)
                     blocks, carry[split] = chop(carry[split], stream, s.block_size)
                     writers[split].add(blocks)
+                    if split in texts_out:
+                        texts_out[split].add([d for d, v in zip(doc_ids, side) if v == split], [t for t, v in zip(texts, side) if v == split])
                     counts[split]["documents"] += len(chosen)
                     tokens += len(stream)
                 bar.update(len(texts))
                 bar.set_postfix(tokens=tokens, refresh=False)
     finally:
-        for writer in writers.values():
+        for writer in [*writers.values(), *texts_out.values()]:
             writer.close()
-    for split in SPLITS:
+    for split in splits:
         c = counts[split]
         blocks, dropped = writers[split].rows, len(carry[split])
         c.update(tokens=blocks * s.block_size + dropped, blocks=blocks, dropped_tokens=dropped, shards=writers[split].files)
@@ -210,8 +237,31 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
             raise UserError(
                 f"the {split} split has {c['tokens']} tokens, fewer than block_size={s.block_size}: "
                 f"lower --block_size{' or raise --min_validation_documents' if split == 'validation' else ''}"
+                f"{' or raise --eval_documents' if split == 'eval' else ''}"
             )
     return counts
+
+
+class DocumentWriter:
+    """The text of a held-out split's documents, in input order: one Parquet file (doc_id, text)."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer = path, None
+
+    def add(self, doc_ids: list, texts: list[str]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"doc_id": pa.array([str(d) for d in doc_ids], pa.string()), "text": pa.array(texts, pa.string())})
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def documents_as(info: dict) -> str:
@@ -235,12 +285,18 @@ def main(argv=None):
         if out is None:
             return
         counts = pack(files, documents, tokenizer, (info["bos_id"], info["eos_id"]), s, out.path)
-        out.manifest.update(block_size=s.block_size, seed=s.seed, tokenizer=info, documents_as=documents_as(info), counts=counts)
+        eval_split = f"{s.eval_documents} documents held out for evaluation" if "eval" in counts else (
+            "no eval split" + (f": {documents - counts['validation']['documents']} documents after validation's cannot spare "
+                               f"eval_documents={s.eval_documents} (fewer would be left to train on)" if s.eval_documents else ""))
+        out.manifest.update(block_size=s.block_size, seed=s.seed, tokenizer=info, documents_as=documents_as(info), counts=counts,
+                            eval_split=eval_split)
         print(f"tokenizer {info['name']} (vocabulary {info['vocab_size']}): {info['boundary_note']}")
         for split, c in counts.items():
             print(f"{split:>10}: {c['documents']:,} documents, {c['tokens']:,} tokens -> {c['blocks']:,} blocks of "
                   f"{s.block_size} ({c['dropped_tokens']} tokens dropped), {c['shards']} shard(s)")
-    print(f"wrote {s.output_dir} (train/, validation/, manifest.json)")
+        print(eval_split)
+    held_out = "eval/, " if "eval" in counts else ""
+    print(f"wrote {s.output_dir} (train/, validation/, {held_out}documents/, manifest.json)")
 
 
 if __name__ == "__main__":

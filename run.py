@@ -2,8 +2,9 @@
 
     python3 run.py          # set up .venv (first time only), then run every stage on its defaults
     python3 run.py test     # set up .venv (first time only), then run the test suite (extra args go to pytest)
+    python3 run.py experiment   # the four ways to prepare the model, trained and evaluated (experiments/four_ways.py)
 
-    python3 run.py --from model_training   # go on from a stage (a name, with or without .py, or 1-5)
+    python3 run.py --from model_training   # go on from a stage (a name, with or without .py, or 1-6)
     python3 run.py --overwrite             # pass --overwrite to the stages run: redo even up-to-date ones
 
 After you edit a constant at the top of a script, `python3 run.py` again re-runs exactly the stages
@@ -27,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-STAGES = ["data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py", "inference_demo.py"]
+STAGES = ["data_preparation.py", "data_packaging.py", "model_preparation.py", "model_training.py", "model_evaluation.py", "inference_demo.py"]
 REQUIREMENTS = ["requirements.txt", "requirements-data.txt"]
 
 
@@ -76,12 +77,14 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 
 def main() -> int:
     args = sys.argv[1:]
-    options = None if args[:1] == ["test"] else parse_args(args)  # --help and bad options before the set-up
+    options = None if args[:1] in (["test"], ["experiment"]) else parse_args(args)  # --help and bad options before the set-up
     try:
         python = set_up()
     except subprocess.CalledProcessError as e:
         print(f"error: set-up failed ({' '.join(e.cmd[:6])} ... exited {e.returncode})", file=sys.stderr)
         return 1
+    if args[:1] == ["experiment"]:
+        return subprocess.run([str(python), str(ROOT / "experiments/four_ways.py"), *args[1:]], cwd=ROOT).returncode
     if options is None:
         return subprocess.run([str(python), "-m", "pytest", *args[1:]], cwd=ROOT).returncode
     for stage in options.stages:

@@ -62,6 +62,8 @@ def run_pipeline(base_dir, cwd):
     run("model_preparation.py", "--base", base_dir, "--packed_dir", packed, "--output_dir", model, cwd=cwd)
     run("model_training.py", "--model_dir", model, "--packed_dir", packed, "--output_dir", run_dir,
         "--max_steps", 6, "--warmup_steps", 2, "--learning_rate", 1e-3, cwd=cwd)
+    run("model_evaluation.py", "--models", model, run_dir, "--packed_dir", packed, "--output_dir", work / "evaluation", "--items", 40,
+        "--resamples", 200, cwd=cwd)
     out = run("inference_demo.py", "--checkpoint", run_dir, "--compare_with", model, "--max_new_tokens", 5,
               "--prompts", "The harbour", cwd=cwd)
     return (cleaned, packed, model, run_dir), out
@@ -86,7 +88,7 @@ def test_five_stages_chain(first_run):
     # stage 1 -> 2: every kept document was packed, every block is block_size int32 tokens
     docs = sum(pq.read_metadata(f).num_rows for f in cleaned.glob("cleaned-*.parquet"))
     assert docs == m1["counts"]["documents_out_documents"] == 138
-    assert m2["counts"]["train"]["documents"] + m2["counts"]["validation"]["documents"] == docs
+    assert m2["counts"]["train"]["documents"] + m2["counts"]["validation"]["documents"] + m2["counts"]["eval"]["documents"] == docs
     blocks = pq.read_table(packed / "train").column("input_ids")
     assert str(blocks.type) in ("list<item: int32>", "list<element: int32>") and set(map(len, blocks.to_pylist())) == {32}
 
@@ -100,6 +102,12 @@ def test_five_stages_chain(first_run):
     samples = (run_dir / "samples.md").read_text()
     assert "**trained, greedy**" in samples and "**before training, sampled**" in samples
     assert "[greedy] The harbour" in out
+
+    # stage 2 + 3 + 4 -> evaluation: the prepared model and the run's final checkpoint, on the held-out data
+    m5 = manifest(cwd / "work/evaluation")
+    assert m5["inputs"] == {"packed": m2["fingerprint"], "models": [{"model": m3["fingerprint"]}, {"run": m4["fingerprint"], "checkpoint": "checkpoint-6"}]}
+    rows = json.loads((cwd / "work/evaluation/results.json").read_text())["models"]
+    assert [r["layers"] for r in rows] == [4, 4] and rows[1]["perplexity"]["loss"] < rows[0]["perplexity"]["loss"]
 
     # re-running a finished stage skips it
     assert "up to date" in run("data_preparation.py", "--output_dir", cleaned, cwd=cwd)
