@@ -271,9 +271,14 @@ def test_workers_end_with_a_killed_main_process(tmp_path):
     waiting forever as an orphan."""
     r = run_workers(tmp_path, "main_process_killed")
     assert r.returncode == -signal.SIGKILL, r.stderr
-    pids = [int(pid) for pid in (tmp_path / "workers.txt").read_text().split()]
+    assert_workers_end(tmp_path / "workers.txt")
+
+
+def assert_workers_end(pids_file: Path, seconds: float = 20) -> None:
+    """The worker processes listed in pids_file (at least 2) are all gone within `seconds`."""
+    pids = [int(pid) for pid in pids_file.read_text().split()]
     assert len(pids) >= 2
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.2)
     assert not [pid for pid in pids if alive(pid)]

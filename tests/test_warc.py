@@ -269,17 +269,11 @@ def test_extraction_workers_end_with_a_killed_main_process(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
-    from test_reliability import alive
+    from test_reliability import assert_workers_end
 
     script = tmp_path / "killed.py"
     script.write_text(EXTRACTION_KILLED.format(project=str(PROJECT_DIR)))
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "workers.txt")], capture_output=True, text=True, timeout=120)
     assert r.returncode == -signal.SIGKILL, r.stderr
-    pids = [int(pid) for pid in (tmp_path / "workers.txt").read_text().split()]
-    assert len(pids) >= 2
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-        time.sleep(0.2)
-    assert not [pid for pid in pids if alive(pid)]
+    assert_workers_end(tmp_path / "workers.txt")
