@@ -319,8 +319,15 @@ def _read_settings_file(path: Path) -> dict:
     return values
 
 
+# Settings that change how a stage works, never what it writes (tests hold the stages to that: the
+# same output for any num_proc, on either engine): not in manifests, fingerprints or resume keys,
+# so changing them neither rebuilds an output nor loses a stopped run's finished units.
+HOW_SETTINGS = ("overwrite", "num_proc", "engine", "ray_address")
+
+
 def settings_dict(settings) -> dict:
     """The settings as plain JSON values, without the ones that do not change the output."""
     d = settings.to_dict() if hasattr(settings, "to_dict") else dataclasses.asdict(settings)
-    d.pop("overwrite", None)
+    for name in HOW_SETTINGS:
+        d.pop(name, None)
     return json.loads(json.dumps(d, default=str))

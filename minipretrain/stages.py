@@ -1,6 +1,8 @@
 """Stage outputs: each stage writes one folder atomically, with a manifest.json that says what made it.
 
-- `stage_output`: a stage's output folder, written atomically with its manifest.json;
+- `stage_output`: a stage's output folder, written atomically with its manifest.json; with
+  `resumable`, a killed run's finished units of work are kept and the same command continues;
+- `write_unit`, `read_unit`: one finished unit of a resumable stage (its table and its summary);
 - `read_manifest`: the next stage's check that its input is a complete output of the stage it expects;
 - `file_sha256`, `library_versions`: what a manifest records.
 """
@@ -8,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -68,7 +71,7 @@ class StageOutput:
 
 
 @contextlib.contextmanager
-def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
+def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool, resumable: str = ""):
     """Write a stage's output folder atomically, make-style.
 
     Yields a StageOutput, or None when the existing output is up to date (same settings, same
@@ -86,6 +89,15 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
 
     `inputs` identifies what the stage read (files with sizes, or the previous stage's
     fingerprint); with the settings it decides whether an existing output is up to date.
+
+    `resumable` (a name for the format of the stage's units, e.g. "units-v1") makes the run
+    resumable: the temporary folder is named by what makes the output (stage, settings, inputs,
+    that format), `.NAME.partial-KEY`, and outlives an error, a Ctrl-C or a SIGKILL. The stage
+    writes each finished unit of work into `out.units` (write_unit) and skips those already there;
+    the same command run again finds them, whatever killed the first run. Files beside `units/`
+    (a half-written output) are removed when a run resumes, `units/` when the output is complete.
+    A partial folder made with other settings or inputs is removed (its units are useless); a lock
+    keeps two runs from writing the same one.
     """
     out_dir = Path(out_dir)
     settings_values = settings_dict(settings)
@@ -102,17 +114,35 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
             return
         print(f"{changes or '--overwrite'}: rebuilding {out_dir}")
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    lock = None
+    if resumable:
+        key = hashlib.sha256(json.dumps([stage, settings_values, inputs, resumable], sort_keys=True).encode()).hexdigest()[:16]
+        tmp = out_dir.parent / f".{out_dir.name}.partial-{key}"
+        _remove_stale_partials(out_dir, keep=tmp)
+    else:
+        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=bool(resumable))
+        if resumable:
+            lock = _lock(tmp, out_dir)
+            _clear_all_but_units(tmp)
     except OSError as e:
         raise UserError(f"{out_dir}: cannot write the output there ({os_error(e)})") from None
     started = time.time()
     manifest = {"stage": stage, "settings": settings_values, "inputs": inputs}
     out = StageOutput(tmp, manifest)
+    if resumable:
+        out.units = tmp / UNITS
+        done = sorted(out.units.glob("*.json")) if out.units.is_dir() else []
+        out.units.mkdir(exist_ok=True)
+        if done:
+            print(f"{out_dir}: resuming a run that stopped: {len(done)} finished units kept in {tmp}")
     try:
         yield out
+        if resumable:
+            shutil.rmtree(out.units)
+            (tmp / LOCK).unlink()
         files = {}
         for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
             files[f.relative_to(tmp).as_posix()] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
@@ -133,7 +163,8 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
         else:
             tmp.rename(out_dir)
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
         failure = write_failure(e)
         if failure is None:
             raise
@@ -141,8 +172,82 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool):
             raise  # run_main names the file
         raise UserError(f"{out_dir}: writing the output failed ({failure}); the previous output, if any, is as it was") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+UNITS, LOCK = "units", ".lock"
+
+
+def _lock(tmp: Path, out_dir: Path):
+    """An exclusive lock on a partial folder, released by the kernel when the process ends however
+    it ends: a second run of the same command at the same time stops instead of sharing the units."""
+    f = open(tmp / LOCK, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"{out_dir}: another run of this stage with the same settings is writing it now ({tmp}); "
+                        "wait for it to end, or stop it first") from None
+    return f
+
+
+def _locked(folder: Path) -> bool:
+    try:
+        with open(folder / LOCK, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def _remove_stale_partials(out_dir: Path, keep: Path) -> None:
+    """Partial folders of this output made with other settings or inputs: their units are of no
+    use to this run. One that another running process holds is left to it."""
+    for p in sorted(out_dir.parent.glob(f".{out_dir.name}.partial-*")):
+        if p != keep and p.is_dir() and not _locked(p):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _clear_all_but_units(tmp: Path) -> None:
+    """What a killed run wrote beside its finished units (a half-written output) goes."""
+    for p in tmp.iterdir():
+        if p.name not in (UNITS, LOCK):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def write_unit(units: Path, index: int, table, summary: dict) -> None:
+    """Record finished unit `index`: its table (Parquet, may be None) and its summary (JSON). The
+    summary is written last, by a rename, so a unit whose .json exists is complete: a kill at any
+    moment leaves either a finished unit or none (the next run redoes it)."""
+    import pyarrow.parquet as pq
+
+    name = f"{index:06d}"
+    if table is not None:
+        pq.write_table(table, units / f"{name}.parquet.part", compression="zstd")
+        os.replace(units / f"{name}.parquet.part", units / f"{name}.parquet")
+    (units / f"{name}.json.part").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
+    os.replace(units / f"{name}.json.part", units / f"{name}.json")
+
+
+def unit_done(units: Path, index: int) -> bool:
+    return (units / f"{index:06d}.json").is_file()
+
+
+def read_unit(units: Path, index: int, columns: list[str] | None = None):
+    """(table or None, summary) of finished unit `index`."""
+    import pyarrow.parquet as pq
+
+    name = f"{index:06d}"
+    summary = json.loads((units / f"{name}.json").read_text(encoding="utf-8"))
+    path = units / f"{name}.parquet"
+    return (pq.read_table(path, columns=columns) if path.is_file() else None), summary
 
 
 def write_failure(e: BaseException) -> str | None:
