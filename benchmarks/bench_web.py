@@ -5,7 +5,7 @@
 1. WARC -> extracted text: ours (minipretrain.web.read_warc: fastwarc + trafilatura, in this
    process) against datatrove's WarcReader + Trafilatura step (LocalPipelineExecutor, 1 task), on
    the given WARC files concatenated `--copies` times.
-2. Near-duplicates: ours (minipretrain.dedup.NearDuplicates, one pass in corpus order) against
+2. Near-duplicates: ours (minipretrain.dedup.find_duplicates: stage 1's corpus-wide step) against
    datatrove's 4-stage MinHash (signatures, buckets, clusters, filter; 1 task), both with 5-grams,
    14 bands x 8 rows, on `--pages` pages made from the bundled sample's 126 clean pages (each one and
    variants with 1-20% of the words changed).
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from minipretrain.dedup import NearDuplicates  # noqa: E402
+from minipretrain.dedup import MinHashBands, find_duplicates  # noqa: E402
 from minipretrain.web import extract_trafilatura, read_warc  # noqa: E402
 
 
@@ -77,8 +77,8 @@ def make_pages(n: int, seed: int = 0) -> list[dict]:
 
 
 def ours_neardup(docs):
-    index = NearDuplicates(5, 14, 8, 1)
-    return sum(index.check(d["text"], d["id"]) is not None for d in docs)
+    exact, near = find_duplicates([d["text"] for d in docs], MinHashBands(5, 14, 8, 1))
+    return len(exact) + len(near)  # datatrove's MinHash removes exact copies as near-duplicates too
 
 
 def datatrove_neardup(jsonl_folder: Path, work: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import xxhash
 
 
@@ -36,19 +37,16 @@ def shingles(text: str, n: int = 5) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
 
 
-class NearDuplicates:
-    """The LSH index of stage 1's near_deduplication filter, fed in corpus order: `check(text)` says
-    which earlier document a text near-duplicates (its group's first document), else remembers the
-    text's band digests and says None. It holds `bands` 8-byte band digests a document, never texts."""
+class MinHashBands:
+    """The MinHash LSH signature of stage 1's near_deduplication filter: `band_digests(text)` gives
+    a text's `bands` 8-byte band digests (each a hash of `rows` MinHash values), all that the
+    corpus-wide step keeps of a document (duplicates_local / duplicates_ray)."""
 
     def __init__(self, ngram: int = 5, bands: int = 14, rows: int = 8, seed: int = 1):
         from datasketch import MinHash
 
         self.ngram, self.bands, self.rows = ngram, bands, rows
         self._minhash = MinHash(num_perm=bands * rows, seed=seed, hashfunc=xxhash.xxh32_intdigest)
-        self.index: list[dict[int, int]] = [{} for _ in range(bands)]  # band digest -> group number
-        self.groups: list[str] = []  # group number -> id of its first document
-        self.duplicated: set[int] = set()  # groups with at least one near-duplicate removed
 
     def signature(self, text: str, chunk: int = 20_000):
         """The MinHash values of a text's shingles, fed in chunks: a 20 MB page never holds all its
@@ -68,15 +66,168 @@ class NearDuplicates:
         values = self.signature(text).reshape(self.bands, self.rows)
         return [xxhash.xxh64_intdigest(band.tobytes()) for band in values]
 
-    def check(self, text: str, doc_id: str) -> str | None:
-        digests = self.band_digests(text)
-        group = next((g for band, d in zip(self.index, digests) if (g := band.get(d)) is not None), None)
-        first = group is None
-        if first:
-            group = len(self.groups)
-            self.groups.append(doc_id)
-        else:
-            self.duplicated.add(group)
-        for band, d in zip(self.index, digests):  # a removed one's bands too: a near-copy of it joins the group
-            band.setdefault(d, group)
-        return None if first else self.groups[group]
+
+def find_duplicates(texts: list[str], near: MinHashBands | None = None) -> tuple[set[int], dict[int, int]]:
+    """Stage 1's de-duplication of a list of texts in memory: (positions of exact copies,
+    {position of a near-duplicate: position of the earliest text it shares a band with})."""
+    import pyarrow as pa
+
+    columns = {"order": pa.array(range(len(texts)), pa.int64()), "digest": pa.array([text_digest(t) for t in texts], pa.binary(16))}
+    if near is not None:
+        flat = pa.array(np.asarray([near.band_digests(t) for t in texts], dtype=np.uint64).reshape(-1), pa.uint64())
+        columns["bands"] = pa.FixedSizeListArray.from_arrays(flat, near.bands)
+    return duplicates_local([pa.table(columns)], near.bands if near is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpus-wide de-duplication over stage 1's finished units (minipretrain/cleaning.py): which
+# documents are copies of an earlier one. The rules, the same on either engine:
+# - exact: a document whose text digest an earlier document has is removed (the first one stays);
+# - near: among the documents left, one that shares a band digest, in any band, with an earlier
+#   one is removed; it is a near-duplicate of the earliest document it shares a band with. Every
+#   document's bands count, removed or not (a near-copy of a near-copy is caught).
+# Both are "first in corpus order per key": on one machine a sort per key (numpy), on Ray a
+# repartition by key (hash shuffle), then the same sort inside each partition. Memory: 8 bytes of
+# order + 16 of digest + 8 a band per document (136 bytes at 14 bands), never texts.
+
+
+def _digest_matrix(column) -> np.ndarray:
+    """A pyarrow binary(16) column -> (n, 2) uint64."""
+    import numpy as np
+
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[arr.offset * 16 : (arr.offset + len(arr)) * 16]
+    return data.view("<u8").reshape(-1, 2)
+
+
+def _band_matrix(column, bands: int) -> np.ndarray:
+    """A pyarrow fixed_size_list<uint64>[bands] column -> (n, bands) uint64."""
+    import numpy as np
+
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.uint64).reshape(-1, bands)
+
+
+def first_of_each_key(keys: np.ndarray) -> np.ndarray:
+    """For rows in corpus order, the row number of the first row with the same key (rows of a 2-D
+    array compare whole)."""
+    import numpy as np
+
+    _, first, inverse = np.unique(keys, axis=0 if keys.ndim == 2 else None, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)]
+
+
+def duplicates_local(tables, bands: int | None) -> tuple[set[int], dict[int, int]]:
+    """(orders of exact duplicates, {order of a near-duplicate: order of the earliest document it
+    shares a band with}) over `tables` (each with order, digest and, with `bands`, bands columns)
+    in corpus order."""
+    import numpy as np
+    import pyarrow as pa
+
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return set(), {}
+    table = pa.concat_tables(tables)
+    order = table.column("order").to_numpy()
+    first = first_of_each_key(_digest_matrix(table.column("digest")))
+    copy = first != np.arange(len(order))
+    exact = set(order[copy].tolist())
+    if bands is None:
+        return exact, {}
+    keep = ~copy
+    orders, matrix = order[keep], _band_matrix(table.column("bands"), bands)[keep]
+    earliest = np.arange(len(orders))
+    for b in range(bands):
+        earliest = np.minimum(earliest, first_of_each_key(matrix[:, b]))
+    near = earliest != np.arange(len(orders))
+    return exact, dict(zip(orders[near].tolist(), orders[earliest[near]].tolist()))
+
+
+def duplicates_ray(files: list, bands: int | None, cpus: int) -> tuple[set[int], dict[int, int]]:
+    """duplicates_local's answer on Ray Data: the unit tables read in parallel, a hash repartition
+    by digest, then by (band, band digest), the first of each key found inside each partition.
+    Runs inside engines.ray_session."""
+    import numpy as np
+    import pyarrow as pa
+    import ray.data
+
+    files = [str(f) for f in files]
+    rows = sum(_rows(f) for f in files)
+    if rows == 0:
+        return set(), {}
+    parts = max(cpus, rows // 500_000 + 1)  # a few hundred thousand keys a partition: one block each
+
+    def by_digest(batch: pa.Table) -> pa.Table:
+        keys = _digest_matrix(batch.column("digest"))
+        return pa.table({"order": batch.column("order"), "d0": keys[:, 0], "d1": keys[:, 1], "part": (keys[:, 0] % parts).astype(np.int64)})
+
+    ds = ray.data.read_parquet(files, columns=["order", "digest"]).map_batches(by_digest, batch_format="pyarrow")
+    out = ds.repartition(parts, keys=["part"]).map_batches(_firsts_in_partition, batch_size=None, batch_format="pyarrow",
+                                                            fn_kwargs={"key": ["d0", "d1"]})
+    pairs = _collect(out)
+    exact = set(pairs)
+    if bands is None:
+        return exact, {}
+    exact_array = np.fromiter(exact, dtype=np.int64, count=len(exact))  # an argument of each task (fn_args does not resolve a ray.put reference)
+
+    def by_band(batch: pa.Table, copies) -> pa.Table:
+        order = batch.column("order").to_numpy()
+        keep = ~np.isin(order, copies)
+        matrix = _band_matrix(batch.column("bands"), bands)[keep]
+        n = int(keep.sum())
+        band = np.tile(np.arange(bands, dtype=np.int64), n)
+        value = matrix.reshape(-1)
+        part = (value ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(parts)
+        return pa.table({"order": np.repeat(order[keep], bands), "band": band, "value": value, "part": part.astype(np.int64)})
+
+    ds = ray.data.read_parquet(files, columns=["order", "bands"]).map_batches(by_band, batch_format="pyarrow", fn_args=(exact_array,))
+    out = ds.repartition(parts, keys=["part"]).map_batches(_firsts_in_partition, batch_size=None, batch_format="pyarrow",
+                                                            fn_kwargs={"key": ["band", "value"]})
+    near: dict[int, int] = {}
+    for order, first in _collect(out).items():  # the earliest over the bands
+        near[order] = min(first, near.get(order, first))
+    return exact, near
+
+
+def _rows(path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _firsts_in_partition(batch, key: list[str]):
+    """Inside one partition of a key shuffle: (order, order of the key's first row) for every row
+    that is not its key's first, and a marker row per partition seen (order -1), so the driver can
+    check that no partition was split over two blocks (which would miss pairs across them)."""
+    import numpy as np
+    import pyarrow as pa
+
+    order = batch.column("order").to_numpy()
+    columns = [batch.column(k).to_numpy() for k in key]
+    sort = np.lexsort([order, *reversed(columns)])  # by key, then order
+    order = order[sort]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = False
+    for c in columns:  # a key column at a time: stacking int64 with uint64 would make floats of them
+        c = c[sort]
+        new[1:] |= c[1:] != c[:-1]
+    start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
+    later = ~new
+    marks = np.unique(batch.column("part").to_numpy())
+    return pa.table({"order": np.concatenate([order[later], np.full(len(marks), -1)]),
+                     "first": np.concatenate([order[start[later]], marks])})
+
+
+def _collect(ds) -> dict[int, int]:
+    """{order: first} from the partitions' rows, after checking each partition came whole."""
+    pairs, seen = {}, set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        order, first = batch.column("order").to_pylist(), batch.column("first").to_pylist()
+        marks = {f for o, f in zip(order, first) if o == -1}
+        if marks & seen:
+            raise RuntimeError("Ray split a shuffle partition over two blocks: de-duplication would miss pairs across them")
+        seen |= marks
+        for o, f in zip(order, first):
+            if o != -1:
+                pairs[o] = min(f, pairs.get(o, f))
+    return pairs

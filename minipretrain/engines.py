@@ -161,7 +161,8 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 # (the fastText model, the tokenizer) and keeps what it returns as the context of its units. The
 # work function writes its unit's files itself (stages.write_unit) and returns a small summary.
 # `work` and `setup` are module-level functions of this package, so a Ray worker on another machine
-# imports them by name (the package travels to the cluster with the job: ray_session).
+# imports them by name (the package travels to the cluster with the job: ray_session). Units and
+# results are plain JSON data (strings, numbers, lists, dicts): the same on either engine.
 
 ENGINES = ("local", "ray")
 
@@ -196,8 +197,10 @@ def run_units(units: list, work, setup, s, desc: str = "units") -> dict:
                 bar.update()
             finished = True
         except BrokenProcessPool:
-            raise UserError(f"a worker process died (killed, out of memory, or crashed in a library); the {len(results)} "
-                            "units it finished are kept: run the same command again to continue (--num_proc 1 works in this process)") from None
+            error = UserError(f"a worker process died (killed, out of memory, or crashed in a library); the {len(results)} "
+                              "units finished are kept: run the same command again to continue (--num_proc 1 works in this process)")
+            error.resumable = True  # not the input's fault: stage_output keeps the finished units
+            raise error from None
         finally:
             if not finished:
                 _stop_workers(pool)
@@ -220,8 +223,9 @@ def _run_unit(work, unit):
 
 
 class _RayUnitWorker:
-    """A Ray Data actor: setup once, then one unit a call. Errors come back as rows ("error"), so
-    the driver can raise the same one line the local engine does instead of Ray's wrapped traceback."""
+    """A Ray Data actor: setup once, then one unit a call. Units and results travel as JSON (they
+    are plain data), and errors come back as rows ("error"), so the driver can raise the same one
+    line the local engine does instead of Ray's wrapped traceback."""
 
     def __init__(self, work, setup, s):
         self.work, self.error, self.context = work, None, None
@@ -231,32 +235,32 @@ class _RayUnitWorker:
             self.error = str(e) if isinstance(e, UserError) else f"a Ray worker could not start: {type(e).__name__}: {e}"
 
     def __call__(self, batch):
-        import pickle
+        import json
         import traceback
 
         out = {"index": [], "result": [], "error": []}
-        for index, blob in zip(batch["index"], batch["unit"]):
+        for index, unit in zip(batch["index"], batch["unit"]):
             result, error = None, self.error
             if error is None:
                 try:
-                    result = pickle.dumps(self.work(pickle.loads(blob), self.context))
+                    result = json.dumps(self.work(json.loads(unit), self.context))
                 except UserError as e:
                     error = str(e)
                 except Exception as e:  # a bug: its traceback, raised by the driver
                     error = "BUG " + "".join(traceback.format_exception(e))
             out["index"].append(int(index))
-            out["result"].append(result or b"")
+            out["result"].append(result or "")
             out["error"].append(error or "")
         return out
 
 
 def _ray_units(units, work, setup, s):
-    import pickle
+    import json
 
     import ray.data
 
     with ray_session(s) as cpus:
-        items = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in units]
+        items = [{"index": index, "unit": json.dumps(unit)} for index, unit in units]
         actors = max(1, min(cpus, len(units)))
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _RayUnitWorker, fn_constructor_args=(work, setup, s), batch_size=1, num_cpus=1,
@@ -266,7 +270,13 @@ def _ray_units(units, work, setup, s):
                 if row["error"].startswith("BUG "):
                     raise RuntimeError(f"a Ray worker failed on unit {row['index']}:\n{row['error'][4:]}")
                 raise UserError(row["error"])
-            yield row["index"], pickle.loads(row["result"])
+            yield row["index"], json.loads(row["result"])
+
+
+def session(s):
+    """The engine's session for a whole stage run: one Ray instance for all its steps on Ray
+    (each run_units or shuffle inside it joins it), nothing on the local engine."""
+    return ray_session(s) if getattr(s, "engine", "local") == "ray" else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -282,6 +292,9 @@ def ray_session(s):
         import ray
     except ImportError:
         raise UserError("setting engine 'ray': Ray is not installed (pip install 'ray[data]', see requirements.txt)") from None
+    if ray.is_initialized():  # inside a stage's own session (session()): the same one
+        yield int(ray.cluster_resources().get("CPU", 1))
+        return
     import minipretrain
     import ray.data
 

@@ -52,11 +52,17 @@ def expand_paths(spec: str, suffixes: tuple[str, ...]) -> list[Path]:
     return paths
 
 
-def read_jsonl(path: Path, text_column: str):
+def read_jsonl(path: Path, text_column: str, start: int = 0, stop: int | None = None):
+    """Documents of lines start+1 .. stop (1-based; all by default) of a JSON-lines file. A
+    unit of stage 1 reads a slice; the lines before it are skipped unparsed."""
     n = 0
     try:
         with _open_maybe_gzip(path) as f:
             for line_no, raw in enumerate(f, 1):
+                if line_no <= start:
+                    continue
+                if stop is not None and line_no > stop:
+                    break
                 if not raw.strip():
                     continue
                 try:
@@ -87,7 +93,7 @@ def read_jsonl(path: Path, text_column: str):
                 yield {"text": text or None, "source": "web", "doc_id": doc_id}
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise UserError(f"{path}: truncated or corrupt gzip file ({e})") from None
-    if n == 0:
+    if n == 0 and start == 0 and stop is None:
         raise UserError(f"{path}: empty file (no documents)")
 
 
@@ -96,7 +102,8 @@ def _open_maybe_gzip(path):
     return gzip.GzipFile(fileobj=raw, mode="rb") if str(path).endswith(".gz") else raw
 
 
-def read_parquet(path: Path, text_column: str, batch_size: int):
+def check_parquet(path: Path, text_column: str) -> int:
+    """The number of rows of a Parquet file of documents, once its text column is checked."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -112,13 +119,28 @@ def read_parquet(path: Path, text_column: str, batch_size: int):
         raise UserError(f"{path}: column {text_column!r} holds {text_type}, expected strings")
     if pf.metadata.num_rows == 0:
         raise UserError(f"{path}: empty file (no rows)")
+    return pf.metadata.num_rows
+
+
+def read_parquet(path: Path, text_column: str, batch_size: int, start: int = 0, stop: int | None = None):
+    """Documents of rows start .. stop - 1 (all by default) of a Parquet file."""
+    import pyarrow.parquet as pq
+
+    check_parquet(path, text_column)
+    names = pq.ParquetFile(path).schema_arrow.names
     columns = [text_column] + (["id"] if "id" in names else [])
     row = 0
     for batch in parquet_batches(path, batch_size, columns):
+        if row + batch.num_rows <= start:
+            row += batch.num_rows
+            continue
         texts = batch.column(text_column).to_pylist()
         ids = batch.column("id").to_pylist() if "id" in names else [None] * len(texts)
         for text, doc_id in zip(texts, ids):
-            yield {"text": text or None, "source": "web", "doc_id": str(doc_id) if doc_id is not None else f"{path.name}:row{row}"}
+            if stop is not None and row >= stop:
+                return
+            if row >= start:
+                yield {"text": text or None, "source": "web", "doc_id": str(doc_id) if doc_id is not None else f"{path.name}:row{row}"}
             row += 1
 
 
@@ -196,43 +218,119 @@ def describe(path: Path) -> dict:
     return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def read_documents(plan, s):
-    """Every source's documents in order; HTML pages are extracted in `num_proc` processes."""
-    from minipretrain.web import resolve_extraction
+# ----------------------------------------------------------------------------------------------
+# Stage 1's units of work: slices of the sources in corpus order. Each source counts its records
+# (JSON lines, Parquet rows, WARC records, one for a .txt/.html/.py file); a unit is the next
+# `unit_documents` records, a piece of one source or pieces of several small ones. A unit reads
+# only its slice (the records before it are skipped unparsed), so units run anywhere, in any order.
 
-    yield from resolve_extraction(_read_documents(plan, s), getattr(s, "extractor", "trafilatura"), getattr(s, "num_proc", 1))
+
+def count_records(kind: str, what, s) -> int | None:
+    """How many records a source holds (checking it on the way: an empty or damaged file is a
+    UserError now, before any work); None for a URL or an hf: dataset, read as one stream."""
+    if is_url(what):
+        return None
+    name = str(what)
+    if kind == "code" or name.endswith((".txt", ".html", ".htm")):
+        return 1
+    if name.endswith(".parquet"):
+        return check_parquet(what, s.text_column)
+    if name.endswith(WEB_ARCHIVE_SUFFIXES):
+        from minipretrain import web
+
+        return web.count_records(what, name)
+    lines = documents = 0
+    try:
+        with _open_maybe_gzip(what) as f:
+            for raw in f:
+                lines += 1
+                documents += bool(raw.strip())
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{what}: truncated or corrupt gzip file ({e})") from None
+    if documents == 0:
+        raise UserError(f"{what}: empty file (no documents)")
+    return lines
 
 
-def _read_documents(plan, s):
+def plan_units(plan, s, size: int) -> list[list[tuple]]:
+    """The units of a run: lists of pieces (source number, start, stop) of about `size` records,
+    in corpus order. A URL is a unit of its own (a stream cannot skip ahead; hf: datasets are
+    saved as Parquet first, stage_hf_datasets)."""
+    units, current, room = [], [], size
+    for number, (kind, what) in enumerate(plan):
+        count = count_records(kind, what, s)
+        if count is None:
+            if current:
+                units.append(current)
+            units.append([(number, 0, None)])
+            current, room = [], size
+            continue
+        start = 0
+        while start < count:
+            take = min(room, count - start)
+            current.append((number, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                units.append(current)
+                current, room = [], size
+    if current:
+        units.append(current)
+    return units
+
+
+def stage_hf_datasets(plan, s, folder: Path) -> list:
+    """The plan with each hf: dataset replaced by a Parquet file of its first hf_limit rows (text
+    and the doc_id each would have had) in `folder`: read once, as a stream, then sliced into units
+    like any Parquet file. A file already there (a resumed run) is used as it is."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    staged = []
     for kind, what in plan:
-        if kind == "hf":
-            yield from read_hf_dataset(what, s.hf_split, s.text_column, s.hf_limit)
-        elif kind == "code":
-            name = what.name if what.name != "__init__.py" else f"{what.parent.name}/__init__.py"
-            yield read_text_file(what, "code", f"code:{name}")
-        elif str(what).endswith(WEB_ARCHIVE_SUFFIXES):
-            yield from read_web_archive(what, s)
-        elif str(what).endswith(".jsonl") or str(what).endswith(".jsonl.gz"):
-            yield from read_jsonl(what, s.text_column)
-        elif what.name.endswith(".parquet"):
-            yield from read_parquet(what, s.text_column, s.batch_size)
-        elif what.name.endswith(".txt"):
-            yield read_text_file(what, "web", what.name)
-        else:
-            yield from read_jsonl(what, s.text_column)
+        if kind != "hf":
+            staged.append((kind, what))
+            continue
+        path = folder / f"hf-{hashlib.sha256(what.encode()).hexdigest()[:16]}.parquet"
+        if not path.is_file():
+            schema = pa.schema([(s.text_column, pa.string()), ("id", pa.string())])
+            with pq.ParquetWriter(path.with_suffix(".part"), schema, compression="zstd") as writer:
+                for batch in batched(read_hf_dataset(what, s.hf_split, s.text_column, s.hf_limit), 10_000):
+                    writer.write_table(pa.Table.from_pylist([{s.text_column: d["text"], "id": d["doc_id"]} for d in batch], schema=schema))
+            path.with_suffix(".part").rename(path)
+        staged.append(("web", path))
+    return staged
 
 
-def read_web_archive(what, s):
+def read_piece(kind: str, what, start: int, stop: int | None, s, extract):
+    """The documents (and {"text": None, "skipped": reason} records) of records start .. stop - 1
+    of one source (a path or URL, as a string in a unit): a piece of a unit."""
+    what = what if is_url(what) else Path(what)
+    if kind == "code":
+        name = what.name if what.name != "__init__.py" else f"{what.parent.name}/__init__.py"
+        yield read_text_file(what, "code", f"code:{name}")
+    elif str(what).endswith(WEB_ARCHIVE_SUFFIXES):
+        yield from read_web_archive(what, s, extract, start, stop)
+    elif str(what).endswith(".parquet"):
+        yield from read_parquet(what, s.text_column, s.batch_size, start, stop)
+    elif str(what).endswith(".txt"):
+        yield read_text_file(what, "web", what.name)
+    else:
+        yield from read_jsonl(what, s.text_column, start, stop)
+
+
+def read_web_archive(what, s, extract, start: int = 0, stop: int | None = None):
     """WARC, WET and HTML (minipretrain/web.py): documents, and {"text": None, "skipped": reason}."""
     from minipretrain import web
 
     name = str(what)
     min_chars = getattr(s, "min_extracted_chars", 1)
-    extract = None  # pages are extracted later, in order, by resolve_extraction (read_documents)
     if name.endswith(web.WET_SUFFIXES):
-        yield from web.read_wet(what, name, min_chars)
+        yield from web.read_wet(what, name, min_chars, start=start, stop=stop)
     elif name.endswith(web.WARC_SUFFIXES):
-        yield from web.read_warc(what, name, extract, min_chars)
+        yield from web.read_warc(what, name, extract, min_chars, start=start, stop=stop)
     else:
         yield from web.read_html(what, name, extract, min_chars)
 

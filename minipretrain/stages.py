@@ -163,7 +163,9 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool, r
         else:
             tmp.rename(out_dir)
     except Exception as e:
-        if not resumable:
+        # A resumable run keeps its units for the same command run again, except after bad input:
+        # mending the input changes the inputs' fingerprint, so they could never be used.
+        if not resumable or not _finished_units(tmp) or (isinstance(e, UserError) and not getattr(e, "resumable", False)):
             shutil.rmtree(tmp, ignore_errors=True)
         failure = write_failure(e)
         if failure is None:
@@ -172,7 +174,7 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool, r
             raise  # run_main names the file
         raise UserError(f"{out_dir}: writing the output failed ({failure}); the previous output, if any, is as it was") from None
     except BaseException:
-        if not resumable:
+        if not resumable or not _finished_units(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
@@ -194,6 +196,10 @@ def _lock(tmp: Path, out_dir: Path):
         raise UserError(f"{out_dir}: another run of this stage with the same settings is writing it now ({tmp}); "
                         "wait for it to end, or stop it first") from None
     return f
+
+
+def _finished_units(tmp: Path) -> bool:
+    return any((tmp / UNITS).glob("*.json"))
 
 
 def _locked(folder: Path) -> bool:

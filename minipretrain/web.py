@@ -106,13 +106,28 @@ def open_binary(path):
     return gzip.GzipFile(fileobj=raw, mode="rb") if str(path).endswith(".gz") else raw
 
 
-def _records(path, name: str):
+def count_records(path, name: str) -> int:
+    """The number of WARC records of a file (read through, bodies skipped): how stage 1 cuts it
+    into units. A damaged file is a UserError here, before any work."""
+    return sum(1 for _ in _records(path, name, read=False))
+
+
+def _records(path, name: str, start: int = 0, stop: int | None = None, read: bool = True):
+    """(record, body) of records start .. stop - 1 (all by default); the ones before `start` are
+    skipped without reading their bodies. With read=False, (record, None) for every record."""
     from fastwarc.warc import ArchiveIterator
 
     n = 0
     try:
         with open_binary(path) as f:
             for record in ArchiveIterator(f, parse_http=False):
+                if stop is not None and n >= stop:
+                    return
+                if n < start or not read:
+                    n += 1
+                    if not read:
+                        yield record, None
+                    continue
                 body = record.reader.read()
                 if len(body) != record.content_length:
                     raise UserError(f"{name}: truncated WARC record {n + 1} ({len(body)} of {record.content_length} bytes)")
@@ -120,7 +135,7 @@ def _records(path, name: str):
                 yield record, body
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise UserError(f"{name}: truncated or corrupt {'gzip ' if name.endswith('.gz') else ''}file after WARC record {n} ({e})") from None
-    if n == 0:
+    if n == 0 and start == 0:
         raise UserError(f"{name}: no WARC records (empty, or not a WARC file)")
 
 
@@ -162,9 +177,10 @@ def _dechunk(data: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
-def read_warc(path, name: str, extract, min_chars: int, source: str = "web"):
-    """HTML `response` records of a WARC file -> documents of their extracted main text."""
-    for record, body in _records(path, name):
+def read_warc(path, name: str, extract, min_chars: int, source: str = "web", start: int = 0, stop: int | None = None):
+    """HTML `response` records of a WARC file (records start .. stop - 1) -> documents of their
+    extracted main text, and {"text": None, "skipped": reason} for each record not kept."""
+    for record, body in _records(path, name, start, stop):
         kind = record.headers.get("WARC-Type", "unknown")
         if kind != "response":
             yield {"text": None, "skipped": kind}
@@ -181,13 +197,13 @@ def read_warc(path, name: str, extract, min_chars: int, source: str = "web"):
         if html is None:
             yield {"text": None, "skipped": "undecodable"}
             continue
-        yield _extracted_or_pending(extract, html, min_chars, source, record.headers.get("WARC-Record-ID"),
-                                    _uri(record), record.headers.get("WARC-Date"))
+        yield _extracted(extract(html), min_chars, source, record.headers.get("WARC-Record-ID"),
+                         _uri(record), record.headers.get("WARC-Date"))
 
 
-def read_wet(path, name: str, min_chars: int, source: str = "web"):
+def read_wet(path, name: str, min_chars: int, source: str = "web", start: int = 0, stop: int | None = None):
     """`conversion` records of a WET file (Common Crawl's extracted text, UTF-8) -> documents."""
-    for record, body in _records(path, name):
+    for record, body in _records(path, name, start, stop):
         kind = record.headers.get("WARC-Type", "unknown")
         if kind != "conversion":
             yield {"text": None, "skipped": kind}
@@ -212,60 +228,7 @@ def read_html(path, name: str, extract, min_chars: int, source: str = "web"):
     if html is None:
         yield {"text": None, "skipped": "undecodable"}
         return
-    yield _extracted_or_pending(extract, html, min_chars, source, Path(str(path)).name, None, None)
-
-
-def _extracted_or_pending(extract, html, min_chars, source, doc_id, url, date) -> dict:
-    """The document, or with extract=None a page to extract later ("html"): see resolve_extraction."""
-    if extract is not None:
-        return _extracted(extract(html), min_chars, source, doc_id, url, date)
-    return {"html": html, "min_chars": min_chars, "source": source, "doc_id": doc_id, "url": url, "date": date}
-
-
-def _extract_in_worker(extractor: str, html: str) -> str:
-    return EXTRACTORS[extractor](html)
-
-
-def resolve_extraction(items, extractor: str, num_proc: int, window: int = 256):
-    """Pass documents through in input order, extracting the text of pending pages (dicts with
-    "html"): in this process, or with num_proc > 1 in a pool of worker processes started at the
-    first page (so a run without web archives starts none), at most `window` pages in flight."""
-    from collections import deque
-
-    if num_proc <= 1:
-        for it in items:
-            yield _finish(it, EXTRACTORS[extractor](it["html"])) if "html" in it else it
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from minipretrain.engines import exit_with_parent
-
-    pool, pending, finished = None, deque(), False
-    try:
-        for it in items:
-            if "html" in it and pool is None:
-                # exit_with_parent: a worker whose main process is killed ends with it, not an orphan
-                pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent)
-            pending.append((it, pool.submit(_extract_in_worker, extractor, it["html"]) if "html" in it else None))
-            if len(pending) >= window:
-                it, future = pending.popleft()
-                yield _finish(it, future.result()) if future else it
-        while pending:
-            it, future = pending.popleft()
-            yield _finish(it, future.result()) if future else it
-        finished = True
-    except BrokenProcessPool:
-        raise UserError("an extraction worker process died (killed, or out of memory); nothing was written "
-                        "(--num_proc 1 extracts in this process)") from None
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=finished, cancel_futures=not finished)
-
-
-def _finish(it: dict, text: str) -> dict:
-    return _extracted(text, it["min_chars"], it["source"], it["doc_id"], it["url"], it["date"])
+    yield _extracted(extract(html), min_chars, source, Path(str(path)).name, None, None)
 
 
 def _extracted(text: str, min_chars: int, source, doc_id, url, date) -> dict:

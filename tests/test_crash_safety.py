@@ -3,7 +3,8 @@
 Each killed run is the real script as a subprocess, with a small hook (HOOK below) that pauses it
 at an exact point, so the kill always lands there while it is still running (returncode -9):
 
-  tmp_folder       stage_output has made the temporary folder .NAME.tmp-PID, nothing in it yet
+  tmp_folder       stage_output has made the temporary folder .NAME.tmp-PID (.NAME.partial-KEY for a
+                   resumable stage), nothing in it yet
   first_data_file  the first data file is being written (Parquet: one row group, no footer yet;
                    stage 3: model.safetensors written, tokenizer files and manifest not yet)
   before_rename    the manifest is written; the rename that commits the output is next
@@ -57,7 +58,7 @@ if point == "tmp_folder":
     mkdir = Path.mkdir
     def hooked(self, *args, **kwargs):
         mkdir(self, *args, **kwargs)
-        if ".tmp-" in self.name:
+        if ".tmp-" in self.name or ".partial-" in self.name:
             pause()
     Path.mkdir = hooked
 elif point == "first_data_file" and script.endswith("model_preparation.py"):
@@ -77,7 +78,7 @@ elif point == "first_data_file":
 elif point == "before_rename":
     rename = Path.rename
     def hooked(self, target):
-        if ".tmp-" in self.name:
+        if ".tmp-" in self.name or ".partial-" in self.name:
             pause()
         return rename(self, target)
     Path.rename = hooked
@@ -133,9 +134,10 @@ class Stage:
     """One stage's crash test: its script, its two settings (A: the output an --overwrite replaces;
     B: the run that is killed), an in-process run, and the next stage's reader."""
 
-    def __init__(self, script, main, args_a, args_b, read_next, next_error):
+    def __init__(self, script, main, args_a, args_b, read_next, next_error, temporary=".out.tmp"):
         self.script, self.main, self.args_a, self.args_b = script, main, args_a, args_b
         self.read_next, self.next_error = read_next, next_error  # next_error: the message, with {out}
+        self.temporary = temporary  # what a killed run leaves: .out.partial for a resumable stage (its units)
 
     def run(self, out: Path, args: list[str], *extra: str) -> None:
         self.main([*args, "--output_dir", str(out), *extra])
@@ -172,7 +174,7 @@ def run_crash_test(stage: Stage, root: Path) -> None:
         out = root / point / "out"
         # No partial output where the next stage looks: the temporary folder holds the pieces.
         assert not out.exists(), point
-        assert temporaries(out) == ([".out.old", ".out.tmp"] if point == "between_renames" else [".out.tmp"]), point
+        assert temporaries(out) == sorted([".out.old", stage.temporary] if point == "between_renames" else [stage.temporary]), point
         with pytest.raises(UserError) as error:
             stage.read_next(out)
         assert str(error.value) == stage.next_error.format(out=out)
@@ -181,7 +183,9 @@ def run_crash_test(stage: Stage, root: Path) -> None:
             # not a new run's): with settings A it is up to date, nothing redone.
             stage.run(out, stage.args_a)
             assert (out / stages.MANIFEST).stat().st_ino == old_manifest_inode
-            assert files_of(out) == files_of(reference_a) and temporaries(out) == []
+            # A resumable stage keeps the killed run's units (settings B) for B's next run, which uses them.
+            left = [] if stage.temporary == ".out.tmp" else [stage.temporary]
+            assert files_of(out) == files_of(reference_a) and temporaries(out) == left
             stage.run(out, stage.args_b, "--overwrite")
         else:
             stage.run(out, stage.args_b)  # a plain rerun
@@ -217,6 +221,7 @@ def test_stage1_data_preparation(tmp_path):
     stage = Stage(  # B drops the 100 pages of 5 lines
         "data_preparation", data_preparation.main, common_args, [*common_args, "--min_lines", "6"],
         read_next=data_packaging.cleaned_files, next_error="{out}: no such folder; run data_preparation.py first",
+        temporary=".out.partial",
     )
     reference = run_crash_test(stage, tmp_path)
     assert len(list(reference.glob("cleaned-*.parquet"))) == 2  # B keeps 200 pages: two shards

@@ -7,7 +7,7 @@ import random
 import pyarrow.parquet as pq
 
 import data_preparation as dp
-from minipretrain.dedup import NearDuplicates, shingles
+from minipretrain.dedup import MinHashBands, find_duplicates, shingles
 from minipretrain.settings import PROJECT_DIR
 
 PAGES = [json.loads(line)["text"] for f in ("clean-a", "clean-b", "clean-c")
@@ -34,10 +34,12 @@ def boilerplate_added(rnd, page: str, n: int) -> str:
     return "\n".join(lines[: n // 2] + [page] + lines[n // 2 :])
 
 
+BANDS = MinHashBands()  # FineWeb's: 5-grams, 14 bands of 8 rows
+
+
 def found(a: str, b: str) -> bool:
-    index = NearDuplicates()
-    assert index.check(a, "a") is None
-    return index.check(b, "b") == "a"
+    exact, near = find_duplicates([a, b], BANDS)
+    return near == {1: 0}
 
 
 def test_quality_on_pairs_made_from_real_looking_pages():
@@ -67,19 +69,36 @@ def test_shingles_are_word_5grams_lowercased_without_punctuation():
     assert shingles("Too short.") == {b"too short"}
 
 
-def test_index_holds_band_digests_only():
-    index = NearDuplicates(bands=14, rows=8)
-    index.check(PAGES[0], "p0")
-    index.check(PAGES[1], "p1")
-    assert [len(band) for band in index.index] == [2] * 14
-    assert all(isinstance(d, int) and d < 2**64 for band in index.index for d in band)
-    assert index.signature(PAGES[0]).shape == (112,)
-    copy = words_changed(random.Random(3), PAGES[0], 0.02, PAGES[0].split())
-    own = index.band_digests(copy)
-    assert 0 < sum(d in band for band, d in zip(index.index, own)) < 14  # shares some bands with p0, not all
-    assert index.check(copy, "copy") == "p0"
-    # a removed document's bands join its group's: a near-copy of the copy is found even where it differs from p0
-    assert all(d in band for band, d in zip(index.index, index.band_digests(copy)))
+def test_signatures_are_band_digests_and_near_copies_of_near_copies_are_found():
+    bands = MinHashBands(bands=14, rows=8)
+    assert bands.signature(PAGES[0]).shape == (112,)
+    p0 = bands.band_digests(PAGES[0])
+    assert len(p0) == 14 and all(isinstance(d, int) and 0 <= d < 2**64 for d in p0)
+    rnd = random.Random(3)
+    copy = words_changed(rnd, PAGES[0], 0.02, PAGES[0].split())
+    assert 0 < sum(a == b for a, b in zip(p0, bands.band_digests(copy))) < 14  # shares some bands with p0, not all
+    # a chain: the second copy shares no band with p0 but some with the first copy, which is removed itself
+    for _ in range(200):
+        second = words_changed(rnd, copy, 0.03, PAGES[0].split())
+        with_p0 = sum(a == b for a, b in zip(p0, bands.band_digests(second)))
+        with_copy = sum(a == b for a, b in zip(bands.band_digests(copy), bands.band_digests(second)))
+        if with_p0 == 0 and with_copy > 0:
+            break
+    else:
+        raise AssertionError("no chain found")
+    exact, near = find_duplicates([PAGES[0], PAGES[1], copy, PAGES[1], second], bands)
+    assert exact == {3} and near == {2: 0, 4: 2}  # the removed copy's bands still count
+    # the earliest of several band-mates, whatever band it shares
+    exact, near = find_duplicates([PAGES[1], copy, PAGES[0], second], bands)
+    assert near[2] == 1 and near[3] == 1
+
+
+def test_groups_count_chains_once_in_any_order():
+    assert dp.near_groups({3: 1, 5: 3, 7: 6, 9: 6}) == 2  # 1 <- 3 <- 5, and 6 <- 7, 9
+    assert dp.near_groups({9: 6, 5: 3, 7: 6, 3: 1}) == 2
+    assert dp.near_groups({2: 1, 4: 3, 3: 2}) == 1
+    assert dp.near_groups({5: 4, 4: 3, 3: 2, 2: 1}) == 1  # a chain 4 deep: the walk to its root must not cut it
+    assert dp.near_groups({}) == 0
 
 
 FRENCH = ("Le marché du samedi\n\nChaque samedi matin, les producteurs de la vallée installent leurs étals sur la place "

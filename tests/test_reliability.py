@@ -211,20 +211,19 @@ def test_real_fasttext_models_pass_the_check(tmp_path, fasttext_models):
 # Stage 1 as a command with 2 worker processes: the hang and the crashes only show there.
 
 WORKER_SCRIPT = """
-import multiprocessing, os, shutil, signal, sys
+import multiprocessing, os, signal, sys, threading, time
 sys.path.insert(0, {project!r})
 import data_preparation
-from minipretrain import engines
+from minipretrain import cleaning, engines
 from minipretrain.settings import UserError
 
-def batches(damage=None, kill_at=None):
-    for i in range(6):
-        if i == 0 and damage:
-            damage()
-        if i == kill_at:  # the workers are busy: write down who they are, then die as a SIGKILL would end this
-            open(sys.argv[2], "w").write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield [{{"text": f"the cat sat on the mat {{i}}\\nand then it ran away\\nover the hill", "source": "web"}}] * 3
+def busy(unit, context):  # a unit that takes long: the main process is killed meanwhile
+    time.sleep(60)
+
+def kill_main_soon():  # once the workers are busy: write down who they are, then die as a SIGKILL would end this
+    time.sleep(3)
+    open(sys.argv[2], "w").write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 class DiesInWorker(data_preparation.Settings):
     def __reduce__(self):  # a worker that unpickles these settings at its start dies there
@@ -233,15 +232,16 @@ class DiesInWorker(data_preparation.Settings):
 if __name__ == "__main__":
     lid = {lid!r}
     case = sys.argv[1]
-    s, damage, kill_at = data_preparation.Settings(language_model=lid, num_proc=2), None, None
+    s, work, units = data_preparation.Settings(language_model=lid, num_proc=2), cleaning.clean_unit, [(i, {{}}) for i in range(4)]
     if case == "model_damaged_after_the_check":  # the workers load a file the main process checked
-        damage = lambda: open(lid, "w").write("not a model any more\\n")
+        open(lid, "w").write("not a model any more\\n")
     elif case == "worker_dies_at_start":
         s = DiesInWorker(language_model=lid, num_proc=2)
     else:
-        kill_at = 5
+        work = busy
+        threading.Thread(target=kill_main_soon, daemon=True).start()
     try:
-        list(engines.judged(batches(damage, kill_at), s))
+        engines.run_units(units, work, cleaning.setup, s)
     except UserError as e:
         print(f"error: {{e}}")
 """
@@ -254,7 +254,7 @@ def test_a_worker_that_fails_at_start_stops_the_stage(tmp_path, case):
     r = run_workers(tmp_path, case)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     expected = {"model_damaged_after_the_check": f"error: {tmp_path / 'lid.ftz'}: not a fastText model",
-                "worker_dies_at_start": "error: a filter worker process died"}[case]
+                "worker_dies_at_start": "error: a worker process died"}[case]
     assert r.stdout.startswith(expected), r.stdout
 
 
@@ -267,8 +267,8 @@ def run_workers(tmp_path: Path, case: str):
 
 
 def test_workers_end_with_a_killed_main_process(tmp_path):
-    """A worker waiting for its next batch when the main process is SIGKILLed ends too, instead of
-    waiting forever as an orphan."""
+    """A worker busy with a unit when the main process is SIGKILLed ends too, instead of working on
+    or waiting forever as an orphan."""
     r = run_workers(tmp_path, "main_process_killed")
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert_workers_end(tmp_path / "workers.txt")

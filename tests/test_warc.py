@@ -245,35 +245,3 @@ def test_reading_streams_one_record_at_a_time(tmp_path):
     for reader in (lambda p: read_wet(p, str(p), 1), lambda p: read_warc(p, str(p), None, 1)):
         small, large = peak(10, reader), peak(400, reader)
         assert large < 1.5 * small + 200_000, (small, large)
-
-
-EXTRACTION_KILLED = """
-import os, signal, sys
-sys.path.insert(0, {project!r})
-from minipretrain import web
-
-if __name__ == "__main__":  # the spawned workers import this file too
-    import multiprocessing
-    pages = [{{"html": "<html><body><p>" + "words " * 50 + str(i) + "</p></body></html>", "min_chars": 1, "source": "web",
-              "doc_id": str(i), "url": "", "date": ""}} for i in range(8)]
-    results = web.resolve_extraction(iter(pages), "trafilatura", num_proc=2, window=2)
-    next(results)  # the pool is up and has extracted a page
-    workers = [p.pid for p in multiprocessing.active_children()]
-    open(sys.argv[1], "w").write(" ".join(map(str, workers)))
-    os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-def test_extraction_workers_end_with_a_killed_main_process(tmp_path):
-    """The HTML-extraction pool's workers end when the stage's process is SIGKILLed (no orphans)."""
-    import signal
-    import subprocess
-    import sys
-
-    from test_reliability import assert_workers_end
-
-    script = tmp_path / "killed.py"
-    script.write_text(EXTRACTION_KILLED.format(project=str(PROJECT_DIR)))
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "workers.txt")], capture_output=True, text=True, timeout=120)
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    assert_workers_end(tmp_path / "workers.txt")
