@@ -430,12 +430,11 @@ def torchrun(launches: list[list], logs: Path, timeout=LAUNCH_TIMEOUT, grace=30)
             out.close()
 
 
-def launch_with_a_free_port(make_launches, run: Path, tries=3) -> list[tuple[int, str]]:
-    """torchrun(make_launches(port)), again with another port (and a clean run folder) when the
-    port was taken between free_port() and torchrun binding it."""
+def launch_with_a_free_port(make_launches, run: Path, tries=3, timeout=LAUNCH_TIMEOUT) -> list[tuple[int | None, str]]:
+    """torchrun(make_launches(port)), again with another port when the port was taken between
+    free_port() and torchrun binding it (then no process has started, nothing is written)."""
     for attempt in range(tries):
-        shutil.rmtree(run, ignore_errors=True)
-        results = torchrun(make_launches(free_port()), run.parent / f"{run.name}-logs-{attempt}")
+        results = torchrun(make_launches(free_port()), run.parent / f"{run.name}-logs-{attempt}", timeout)
         if not any(code and "address already in use" in out.lower() for code, out in results):
             return results
     return results
@@ -511,3 +510,40 @@ def test_two_nodes_train_the_same_weights_as_one_node_with_two_processes(inputs,
     differ = [k for k in one_node if not torch.equal(one_node[k], two[k])]
     assert not differ, f"{len(differ)} of {len(two)} tensors differ, e.g. {differ[:3]}"
     assert json.loads((ddp_one_node / "eval.json").read_text())["validation"] == report["validation"]
+
+
+@pytest.mark.parametrize("case", ["a flag on one node", "the run folder on one node's disk", "an input one node lacks"])
+def test_nodes_that_see_different_things_all_stop_with_one_line(inputs, ddp_one_node, tmp_path, case):
+    """Each node reads its own command line, inputs and run folder. Where one node's differ from
+    node 0's, training on would mix two runs (another learning rate on one node), or hang (one node
+    continuing a run from a checkpoint that the other, on its own disk, does not have), and a node
+    that refuses its inputs alone would leave the other waiting for it: every process stops,
+    before anything changes, with one line naming the process, its host and what differs."""
+    run = tmp_path / "run"
+    args = argv(inputs, run, *DDP_ARGS)
+    if case == "a flag on one node":
+        node1 = [*args, "--learning_rate", "1e-3"]
+        expected = "does not see what process 0 (on {host}) sees: process 0's -> process 1's: learning_rate 0.003 -> 0.001."
+    elif case == "the run folder on one node's disk":
+        shutil.copytree(ddp_one_node, run)  # the same settings; unfinished (no manifest.json): continued from checkpoint-6
+        (run / "manifest.json").unlink()
+        node1 = argv(inputs, tmp_path / "node1-disk" / "run", *DDP_ARGS)
+        expected = "in the run folder, process 0 would continue from checkpoint-6, process 1 would start the run."
+    else:
+        node1 = argv((tmp_path / "missing", inputs[1]), run, *DDP_ARGS)
+        expected = "{missing}: no such folder; run data_packaging.py first"  # process 1's own line, the others' with "process 1 (on HOST) stopped: "
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    results = launch_with_a_free_port(lambda port: two_nodes("static", port, [args, node1]), run, timeout=120)  # a hang: killed, code None
+    expected = expected.format(host=socket_host(), missing=tmp_path / "missing")
+    for node, (code, out) in enumerate(results):
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert code == 1 and len(errors) == 1 and expected in errors[0], f"node {node}: exit {code}\n{out[-3000:]}"
+        if case == "an input one node lacks" and node == 0:
+            assert errors[0].startswith(f"error: process 1 (on {socket_host()}) stopped: ")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "-logs-" not in str(p)) == before  # nothing changed
+
+
+def socket_host() -> str:
+    import socket
+
+    return socket.gethostname()
