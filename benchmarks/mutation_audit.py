@@ -194,7 +194,7 @@ MUTATIONS = [
              "return bool(torch.cpu._is_amx_tile_supported())", BF16_TESTS, "AVX512-BF16 alone is enough"),
     Mutation("T8", T, "if other == first:", "if True:", NODES_TESTS,
              "DDP processes (nodes) that see other settings, inputs or run folder than process 0 all stop, before training"),
-    Mutation("T9", T, "if other_problem is not None:", "if False:", NODES_TESTS,
+    Mutation("T9", T, "if other_problem is not None:  # the first one's", "if False:", NODES_TESTS,
              "a process that refuses its inputs stops the others with its reason (they do not wait for it)"),
     # Stages 4 and 5: no output for bad input, streaming
     Mutation("B1", MT, "decision = prepare_run_dir(s, settings_values, inputs)",

@@ -431,10 +431,11 @@ def same_on_every_process(s: TrainingArguments, look):
     torch.distributed.all_gather_object(notes, (socket.gethostname(), said, seen))
     if problem is not None:
         raise problem
-    for rank, (host, other_problem, _) in enumerate(notes):
-        if other_problem is not None:
-            raise UserError(f"process {rank} (on {host}) stopped: {other_problem}")
     host0, _, first = notes[0]
+    same = "Every node runs the same command, with the same packed data and model at the same paths, and the run folder (--output_dir) on storage they all share"
+    for rank, (host, other_problem, _) in enumerate(notes):
+        if other_problem is not None:  # the first one's
+            raise UserError(f"process {rank} (on {host}) stopped: {other_problem}" + (f"; process 0 (on {host0}) did not. {same}" if rank else ""))
     for rank, (host, _, other) in enumerate(notes):
         if other == first:
             continue
@@ -443,11 +444,7 @@ def same_on_every_process(s: TrainingArguments, look):
             differences.append(f"process 0's -> process {rank}'s: {what_changed(first, other['settings'], other['inputs'])}")
         if first["run_dir"] != other["run_dir"]:
             differences.append(f"in the run folder, process 0 would {run_dir_plan(first['run_dir'])}, process {rank} would {run_dir_plan(other['run_dir'])}")
-        raise UserError(
-            f"process {rank} (on {host}) does not see what process 0 (on {host0}) sees: {'; '.join(differences)}. "
-            "Every node runs the same command, with the same packed data and model at the same paths, "
-            "and the run folder (--output_dir) on storage they all share"
-        )
+        raise UserError(f"process {rank} (on {host}) does not see what process 0 (on {host0}) sees: {'; '.join(differences)}. {same}")
     return seen, rest
 
 

@@ -539,7 +539,7 @@ def test_nodes_that_see_different_things_all_stop_with_one_line(inputs, ddp_one_
         errors = [line for line in out.splitlines() if line.startswith("error: ")]
         assert code == 1 and len(errors) == 1 and expected in errors[0], f"node {node}: exit {code}\n{out[-3000:]}"
         if case == "an input one node lacks" and node == 0:
-            assert errors[0].startswith(f"error: process 1 (on {socket_host()}) stopped: ")
+            assert errors[0].startswith(f"error: process 1 (on {socket_host()}) stopped: ") and "; process 0 (on " in errors[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "-logs-" not in str(p)) == before  # nothing changed
 
 
