@@ -9,6 +9,9 @@
     python model_training.py --resume --max_steps 60          # ... or extend a finished run
     python model_training.py --activation_checkpointing       # the seed's memory saver (slower)
     torchrun --nproc_per_node 2 model_training.py             # several processes (DDP; gloo on CPU, NCCL on GPUs)
+    (several machines: the same command on each, with torchrun's --nnodes and rendezvous flags;
+    README, GPUs, "Several machines". Every process checks that it sees the settings, inputs and run
+    folder that process 0 sees, or all stop with one line.)
 
 Reads stage 3's model folder (--model_dir; a Trainer checkpoint folder works too) and stage 2's
 packed blocks (--packed_dir), and refuses a model whose tokenizer is not the one that packed the
