@@ -9,6 +9,9 @@
     python model_training.py --resume --max_steps 60          # ... or extend a finished run
     python model_training.py --activation_checkpointing       # the seed's memory saver (slower)
     torchrun --nproc_per_node 2 model_training.py             # several processes (DDP; gloo on CPU, NCCL on GPUs)
+    (several machines: the same command on each, with torchrun's --nnodes and rendezvous flags;
+    README, GPUs, "Several machines". Every process checks that it sees the settings, inputs and run
+    folder that process 0 sees, or all stop with one line.)
 
 Reads stage 3's model folder (--model_dir; a Trainer checkpoint folder works too) and stage 2's
 packed blocks (--packed_dir), and refuses a model whose tokenizer is not the one that packed the
@@ -53,6 +56,8 @@ GPU: the same command; bf16 is used where the GPU supports it. Several GPUs or p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import signal
@@ -94,6 +99,7 @@ from minipretrain.training import (
     model_fingerprint,
     plot_losses,
     prepare_run_dir,
+    same_on_every_process,
     speed_report,
     start_run_record,
     trainer_state,
@@ -182,11 +188,10 @@ def load_blocks(packed_dir, eval_blocks: int):
     return train, validation
 
 
-def train(s: Settings, callbacks=()) -> dict | None:
-    """The whole stage: check inputs, train, write the run folder. Returns eval.json's content
-    (None when the run folder is already up to date)."""
-    started = time.time()
-    run_dir = Path(s.output_dir)
+def look_at_inputs(s: Settings):
+    """The inputs and the run folder as this process sees them: ({"settings", "inputs", "run_dir":
+    prepare_run_dir's decision}, (the packed data's manifest, the tokenizer, what prepare_run_dir
+    said)); a UserError for inputs that do not fit."""
     packed_manifest = read_manifest(s.packed_dir, "data_packaging", hint="run data_packaging.py first")
     model_dir = Path(s.model_dir)
     if not (model_dir / "config.json").is_file():
@@ -199,7 +204,22 @@ def train(s: Settings, callbacks=()) -> dict | None:
     config = from_pretrained(AutoConfig, model_dir, f"{model_dir}: cannot load its config")
     check_model_fits_data(model_dir, config, tokenizer, s.packed_dir, packed_manifest)
     settings_values = comparable_settings(s)
-    decision = prepare_run_dir(s, settings_values, inputs)
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # said once all processes agree
+        decision = prepare_run_dir(s, settings_values, inputs)
+    return {"settings": settings_values, "inputs": inputs, "run_dir": decision}, (packed_manifest, tokenizer, said.getvalue())
+
+
+def train(s: Settings, callbacks=()) -> dict | None:
+    """The whole stage: check inputs, train, write the run folder. Returns eval.json's content
+    (None when the run folder is already up to date)."""
+    started = time.time()
+    run_dir, model_dir = Path(s.output_dir), Path(s.model_dir)
+    # Every process (on every node) looks at the inputs and the run folder; they must all see the
+    # same, or all stop here, before anything changes (same_on_every_process).
+    seen, (packed_manifest, tokenizer, said) = same_on_every_process(s, lambda: look_at_inputs(s))
+    settings_values, inputs, decision = seen["settings"], seen["inputs"], seen["run_dir"]
+    if s.process_index == 0:
+        print(said, end="")
     if decision == "up to date":
         print(f"{run_dir} is up to date with these settings and inputs: skipping it (--overwrite redoes it, --resume continues it)")
         return None

@@ -79,6 +79,7 @@ RESUME_TESTS = (TRAIN + "test_an_unfinished_run_continues_where_it_stopped",
                 TRAIN + "test_stopped_at_step_17_and_continued_equals_30_steps_uninterrupted")
 RESUME_ALL = RESUME_TESTS + (TRAIN + "test_killed_or_stopped_subprocess_reruns_to_the_uninterrupted_result",)
 BF16_TESTS = (TRAIN + "test_bf16_default_follows_the_hardware",)
+NODES_TESTS = (TRAIN + "test_nodes_that_see_different_things_all_stop_with_one_line",)
 
 F, E, D = "minipretrain/filters.py", "minipretrain/engines.py", "data_preparation.py"
 M, K, P = "minipretrain/models.py", "minipretrain/packing.py", "data_packaging.py"
@@ -191,9 +192,13 @@ MUTATIONS = [
              "bf16 with AMX or AVX512-BF16 (either)"),
     Mutation("T7", T, "return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())",
              "return bool(torch.cpu._is_amx_tile_supported())", BF16_TESTS, "AVX512-BF16 alone is enough"),
+    Mutation("T8", T, "if other == first:", "if True:", NODES_TESTS,
+             "DDP processes (nodes) that see other settings, inputs or run folder than process 0 all stop, before training"),
+    Mutation("T9", T, "if other_problem is not None:  # the first one's", "if False:", NODES_TESTS,
+             "a process that refuses its inputs stops the others with its reason (they do not wait for it)"),
     # Stages 4 and 5: no output for bad input, streaming
     Mutation("B1", MT, "decision = prepare_run_dir(s, settings_values, inputs)",
-             "decision = prepare_run_dir(s, settings_values, inputs); run_dir.mkdir(parents=True, exist_ok=True)",
+             "decision = prepare_run_dir(s, settings_values, inputs); Path(s.output_dir).mkdir(parents=True, exist_ok=True)",
              ("tests/test_bad_input.py::test_stage4_model_dir_damaged",), "bad input: no output folder (not even an empty one)"),
     Mutation("I1", "inference_demo.py",
              'stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})',

@@ -340,7 +340,8 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
 def prepare_run_dir(s, settings_values: dict, inputs: dict):
     """Decide what to do with the run folder, changing nothing. Returns "up to date", or (the
     checkpoint to resume from or None, where to keep the previous run or None). Every process
-    decides the same.
+    decides, from what it sees (same_on_every_process stops them when they do not decide the same);
+    process 0 alone acts on the decision.
 
     Only a run folder this stage made (its manifest.json or run.json) is ever touched; anything
     else is refused, --overwrite or not. A finished run with the same settings and inputs is up
@@ -392,6 +393,59 @@ def prepare_run_dir(s, settings_values: dict, inputs: dict):
         n += 1
     print(f"{changes}: keeping the {'finished' if finished else 'unfinished'} run of {run_dir} as {aside}; a new run starts in {run_dir}")
     return None, aside
+
+
+def run_dir_plan(decision) -> str:
+    """prepare_run_dir's decision in words."""
+    if decision == "up to date":
+        return "leave the run as it is (up to date)"
+    resume_from, previous_run = decision
+    if resume_from:
+        return f"continue from {Path(resume_from).name}"
+    return f"keep the run there as {previous_run} and start a new one" if previous_run else "start the run"
+
+
+def same_on_every_process(s: TrainingArguments, look):
+    """look() on every process: (a dict of what every process must see alike, anything else),
+    or an exception. With one process that is all. With several (DDP, on one node or many), they
+    compare before anything changes, and all stop, with one line, when a process refused its
+    inputs (alone, it would leave the others waiting for it in the next collective), or when one
+    sees anything else than process 0: other settings (a flag given to one node only), other inputs
+    (another version of the packed data or the model on its node), or another state of the run
+    folder (a run folder on a disk that only one node has: one process would continue the run
+    and another start it again, and they hang). Returns look()'s pair."""
+    import socket
+
+    s.device  # sets up the process group, once per process
+    try:
+        seen, rest = look()
+        problem = None
+    except Exception as e:  # noqa: BLE001 -- passed on to the others, then raised here as it was
+        seen, rest, problem = None, None, e
+    if s.world_size <= 1:
+        if problem is not None:
+            raise problem
+        return seen, rest
+    notes = [None] * s.world_size
+    said = None if problem is None else " ".join((str(problem) if isinstance(problem, UserError) else f"{type(problem).__name__}: {problem}").split())
+    torch.distributed.all_gather_object(notes, (socket.gethostname(), said, seen))
+    if problem is not None:
+        raise problem
+    host0, _, first = notes[0]
+    same = "Every node runs the same command, with the same packed data and model at the same paths, and the run folder (--output_dir) on storage they all share"
+    for rank, (host, other_problem, _) in enumerate(notes):
+        if other_problem is not None:  # the first one's
+            raise UserError(f"process {rank} (on {host}) stopped: {other_problem}" + (f"; process 0 (on {host0}) did not. {same}" if rank else ""))
+    for rank, (host, _, other) in enumerate(notes):
+        if other == first:
+            continue
+        differences = []
+        if (first["settings"], first["inputs"]) != (other["settings"], other["inputs"]):
+            differences.append(f"process 0's -> process {rank}'s: {what_changed(first, other['settings'], other['inputs'])}")
+        if first["run_dir"] != other["run_dir"]:
+            differences.append(f"in the run folder, process 0 would {run_dir_plan(first['run_dir'])}, process {rank} would {run_dir_plan(other['run_dir'])}")
+        raise UserError(f"process {rank} (on {host}) does not see what process 0 (on {host0}) sees: {'; '.join(differences)}. {same}")
+    return seen, rest
 
 
 def read_json(path: Path) -> dict | None:

@@ -357,6 +357,8 @@ def test_defaults_are_the_readmes():
 
 
 def free_port() -> int:
+    """A port nothing listens on now (the kernel picks it: bind to port 0). Another process can
+    still take it before torchrun binds it, so the launches below retry on "address already in use"."""
     import socket
 
     with socket.socket() as sock:
@@ -364,15 +366,184 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_ddp(inputs, tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(PROJECT / "model_training.py"), *argv(inputs, run, "--max_steps", 6)]  # fmt: skip
-    done = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+# The DDP runs: 6 steps of 2 blocks per process; a collective that waits for a process that is gone
+# gives up after 120 s (--ddp_timeout) rather than gloo's 30 minutes.
+DDP_ARGS = ("--max_steps", 6, "--ddp_timeout", 120)
+LAUNCH_TIMEOUT = 240
+
+
+def stop_process_tree(proc) -> None:
+    """End a torchrun launch and its workers. torchrun starts each worker in a session of its own,
+    so killing the launcher's process group alone would leave the workers waiting in a collective:
+    SIGTERM to the launcher (it passes it on to its workers), then SIGKILL to whatever is left."""
+    import psutil  # accelerate's dependency
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    if proc.poll() is None:
+        proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+def torchrun(launches: list[list], logs: Path, timeout=LAUNCH_TIMEOUT, grace=30) -> list[tuple[int | None, str]]:
+    """Start each launch (torchrun's flags, then model_training.py's) as its own torchrun process,
+    all at once, as on separate machines; wait for all of them, or, once one has failed, `grace`
+    seconds more for the others (a node whose peer is gone would wait for it until a timeout).
+    Returns each one's (exit status, None if it was still running, and its output). Whatever
+    happens (a timeout, a failed assertion, Ctrl-C), none of them is left running."""
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread each: the same as torchrun's --nproc_per_node > 1
+    logs.mkdir(parents=True, exist_ok=True)
+    procs, files = [], []
+    try:
+        for i, (flags, script_args) in enumerate(launches):
+            out = open(logs / f"launch-{i}.log", "w+")  # files, not pipes: nobody blocks on a full pipe
+            files.append(out)
+            procs.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *map(str, flags), str(PROJECT / "model_training.py"),
+                                           *map(str, script_args)], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() for p in procs):  # one failed
+                deadline = min(deadline, time.monotonic() + grace)
+            time.sleep(0.2)
+        results = []
+        for p, out in zip(procs, files):
+            out.seek(0)
+            results.append((p.poll(), out.read()))
+        assert any(code for code, _ in results) or all(code == 0 for code, _ in results), (
+            f"still running after {timeout} s: " + "\n---\n".join(o[-1500:] for _, o in results))
+        return results
+    finally:
+        for p in procs:
+            stop_process_tree(p)
+        for out in files:
+            out.close()
+
+
+def launch_with_a_free_port(make_launches, run: Path, tries=3, timeout=LAUNCH_TIMEOUT) -> list[tuple[int | None, str]]:
+    """torchrun(make_launches(port)), again with another port when the port was taken between
+    free_port() and torchrun binding it (then no process has started, nothing is written)."""
+    for attempt in range(tries):
+        results = torchrun(make_launches(free_port()), run.parent / f"{run.name}-logs-{attempt}", timeout)
+        if not any(code and "address already in use" in out.lower() for code, out in results):
+            return results
+    return results
+
+
+@pytest.fixture(scope="module")
+def ddp_one_node(inputs, tmp_path_factory):
+    """One node, two processes: torchrun --nproc_per_node 2 (gloo on the CPU)."""
+    run = tmp_path_factory.mktemp("ddp-one-node") / "run"
+    [(code, out)] = launch_with_a_free_port(lambda port: [(["--nproc_per_node", 2, "--master_port", port], argv(inputs, run, *DDP_ARGS))], run)
+    assert code == 0, out[-3000:]
+    return run
+
+
+def test_two_processes_ddp(ddp_one_node):
+    run = ddp_one_node
     report = json.loads((run / "eval.json").read_text())
     assert report["speed"]["processes"] == 2 and report["speed"]["tokens_per_step"] == 2 * 2 * BLOCK
     assert [int(r["step"]) for r in read_csv(run / "loss.csv")] == [3, 6]
     assert (run / "checkpoint-6" / "model.safetensors").is_file()
     assert sorted(p.name for p in (run / "checkpoint-6").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+
+
+def two_nodes(rendezvous: str, port: int, node_args: list[list]) -> list[tuple[list, list]]:
+    """The torchrun launches of a two-node job, one process per node, both on this machine.
+    static: node 0's torchrun hosts the store at --master_addr:--master_port and --node_rank gives
+    each node its ranks, so node 0's process is rank 0 (the one that saves), and nothing depends
+    on host names. c10d: the rendezvous the README recommends for real machines; it ignores
+    --node_rank (ranks go by host name, then launcher pid) and each launcher whose host is the
+    endpoint's tries to host its store, so on one machine is_host says which one does."""
+    common = ["--nnodes", 2, "--nproc_per_node", 1]
+    if rendezvous == "static":
+        flags = [[*common, "--node_rank", i, "--master_addr", "127.0.0.1", "--master_port", port] for i in (0, 1)]
+    else:
+        flags = [[*common, "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_conf", f"is_host={int(i == 0)}"] for i in (0, 1)]
+    return list(zip(flags, node_args))
+
+
+def final_weights(run: Path, step=6) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / f"checkpoint-{step}" / "model.safetensors")
+
+
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_two_nodes_train_the_same_weights_as_one_node_with_two_processes(inputs, ddp_one_node, tmp_path, rendezvous):
+    """torchrun --nnodes 2 --nproc_per_node 1 on each of two 'nodes' (two torchrun launchers on this
+    machine, talking over TCP as separate machines would) against torchrun --nproc_per_node 2: the
+    same world of 2 processes, the same ranks, data shards and gloo all-reduce of 2 gradients, so the
+    same weights, bit for bit (a + b == b + a in floating point: 2 processes leave the sum no order
+    to differ in)."""
+    run = tmp_path / "run"
+    args = argv(inputs, run, *DDP_ARGS)
+    results = launch_with_a_free_port(lambda port: two_nodes(rendezvous, port, [args, args]), run)
+    for node, (code, out) in enumerate(results):
+        assert code == 0, f"node {node}: exit {code}\n{out[-3000:]}"
+
+    # both nodes took part: a world of 2 processes, 2 x 2 blocks a step, each process's RNG state
+    # saved by that process, and each node's process saw the same job
+    report = json.loads((run / "eval.json").read_text())
+    assert report["speed"]["processes"] == 2 and report["speed"]["tokens_per_step"] == 2 * 2 * BLOCK
+    assert sorted(p.name for p in (run / "checkpoint-6").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    for node, (_, out) in enumerate(results):
+        assert "for 6 steps; fp32 on cpu, 2 process(es)" in out, f"node {node}: {out[-2000:]}"
+    writers = [node for node, (_, out) in enumerate(results) if f"wrote {run / 'checkpoint-6'}" in out]
+    assert len(writers) == 1  # process 0 alone finishes the run folder
+    if rendezvous == "static":
+        assert writers == [0]  # --node_rank 0 holds rank 0
+    assert [int(r["step"]) for r in read_csv(run / "loss.csv")] == [3, 6]
+
+    one_node, two = final_weights(ddp_one_node), final_weights(run)
+    assert one_node.keys() == two.keys() and len(two) > 0
+    differ = [k for k in one_node if not torch.equal(one_node[k], two[k])]
+    assert not differ, f"{len(differ)} of {len(two)} tensors differ, e.g. {differ[:3]}"
+    assert json.loads((ddp_one_node / "eval.json").read_text())["validation"] == report["validation"]
+
+
+@pytest.mark.parametrize("case", ["a flag on one node", "the run folder on one node's disk", "an input one node lacks"])
+def test_nodes_that_see_different_things_all_stop_with_one_line(inputs, ddp_one_node, tmp_path, case):
+    """Each node reads its own command line, inputs and run folder. Where one node's differ from
+    node 0's, training on would mix two runs (another learning rate on one node), or hang (one node
+    continuing a run from a checkpoint that the other, on its own disk, does not have), and a node
+    that refuses its inputs alone would leave the other waiting for it: every process stops,
+    before anything changes, with one line naming the process, its host and what differs."""
+    run = tmp_path / "run"
+    args = argv(inputs, run, *DDP_ARGS)
+    if case == "a flag on one node":
+        node1 = [*args, "--learning_rate", "1e-3"]
+        expected = "does not see what process 0 (on {host}) sees: process 0's -> process 1's: learning_rate 0.003 -> 0.001."
+    elif case == "the run folder on one node's disk":
+        shutil.copytree(ddp_one_node, run)  # the same settings; unfinished (no manifest.json): continued from checkpoint-6
+        (run / "manifest.json").unlink()
+        node1 = argv(inputs, tmp_path / "node1-disk" / "run", *DDP_ARGS)
+        expected = "in the run folder, process 0 would continue from checkpoint-6, process 1 would start the run."
+    else:
+        node1 = argv((tmp_path / "missing", inputs[1]), run, *DDP_ARGS)
+        expected = "{missing}: no such folder; run data_packaging.py first"  # process 1's own line, the others' with "process 1 (on HOST) stopped: "
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    results = launch_with_a_free_port(lambda port: two_nodes("static", port, [args, node1]), run, timeout=120)  # a hang: killed, code None
+    expected = expected.format(host=socket_host(), missing=tmp_path / "missing")
+    for node, (code, out) in enumerate(results):
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert code == 1 and len(errors) == 1 and expected in errors[0], f"node {node}: exit {code}\n{out[-3000:]}"
+        if case == "an input one node lacks" and node == 0:
+            assert errors[0].startswith(f"error: process 1 (on {socket_host()}) stopped: ") and "; process 0 (on " in errors[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "-logs-" not in str(p)) == before  # nothing changed
+
+
+def socket_host() -> str:
+    import socket
+
+    return socket.gethostname()
