@@ -322,7 +322,9 @@ def _read_settings_file(path: Path) -> dict:
 # Settings that change how a stage works, never what it writes (tests hold the stages to that: the
 # same output for any num_proc, on either engine): not in manifests, fingerprints or resume keys,
 # so changing them neither rebuilds an output nor loses a stopped run's finished units.
-HOW_SETTINGS = ("overwrite", "num_proc", "engine", "ray_address")
+# unit_documents (how stage 2 cuts its work) is one too, but cuts the units: stage 2 puts it in
+# its resume key itself (stage_output's resumable).
+HOW_SETTINGS = ("overwrite", "num_proc", "engine", "ray_address", "unit_documents")
 
 
 def settings_dict(settings) -> dict:

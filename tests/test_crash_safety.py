@@ -3,7 +3,8 @@
 Each killed run is the real script as a subprocess, with a small hook (HOOK below) that pauses it
 at an exact point, so the kill always lands there while it is still running (returncode -9):
 
-  tmp_folder       stage_output has made the temporary folder .NAME.tmp-PID, nothing in it yet
+  tmp_folder       stage_output has made the temporary folder .NAME.tmp-PID (stage 2, resumable:
+                   .NAME.partial-KEY), nothing in it yet
   first_data_file  the first data file is being written (Parquet: one row group, no footer yet;
                    stage 3: model.safetensors written, tokenizer files and manifest not yet)
   before_rename    the manifest is written; the rename that commits the output is next
@@ -57,7 +58,7 @@ if point == "tmp_folder":
     mkdir = Path.mkdir
     def hooked(self, *args, **kwargs):
         mkdir(self, *args, **kwargs)
-        if ".tmp-" in self.name:
+        if ".tmp-" in self.name or ".partial-" in self.name:
             pause()
     Path.mkdir = hooked
 elif point == "first_data_file" and script.endswith("model_preparation.py"):
@@ -77,7 +78,7 @@ elif point == "first_data_file":
 elif point == "before_rename":
     rename = Path.rename
     def hooked(self, target):
-        if ".tmp-" in self.name:
+        if ".tmp-" in self.name or ".partial-" in self.name:
             pause()
         return rename(self, target)
     Path.rename = hooked
@@ -133,7 +134,8 @@ class Stage:
     """One stage's crash test: its script, its two settings (A: the output an --overwrite replaces;
     B: the run that is killed), an in-process run, and the next stage's reader."""
 
-    def __init__(self, script, main, args_a, args_b, read_next, next_error):
+    def __init__(self, script, main, args_a, args_b, read_next, next_error, temporary=".out.tmp"):
+        self.temporary = temporary  # its temporary folder's name, less the -PID (-KEY for a resumable stage)
         self.script, self.main, self.args_a, self.args_b = script, main, args_a, args_b
         self.read_next, self.next_error = read_next, next_error  # next_error: the message, with {out}
 
@@ -172,7 +174,7 @@ def run_crash_test(stage: Stage, root: Path) -> None:
         out = root / point / "out"
         # No partial output where the next stage looks: the temporary folder holds the pieces.
         assert not out.exists(), point
-        assert temporaries(out) == ([".out.old", ".out.tmp"] if point == "between_renames" else [".out.tmp"]), point
+        assert temporaries(out) == ([".out.old", stage.temporary] if point == "between_renames" else [stage.temporary]), point
         with pytest.raises(UserError) as error:
             stage.read_next(out)
         assert str(error.value) == stage.next_error.format(out=out)
@@ -181,7 +183,10 @@ def run_crash_test(stage: Stage, root: Path) -> None:
             # not a new run's): with settings A it is up to date, nothing redone.
             stage.run(out, stage.args_a)
             assert (out / stages.MANIFEST).stat().st_ino == old_manifest_inode
-            assert files_of(out) == files_of(reference_a) and temporaries(out) == []
+            # A resumable stage's partial folder of settings B stays until a run with B (it could hold
+            # finished units that run continues from); that run, next, clears it.
+            assert files_of(out) == files_of(reference_a)
+            assert temporaries(out) == ([] if stage.temporary == ".out.tmp" else [stage.temporary])
             stage.run(out, stage.args_b, "--overwrite")
         else:
             stage.run(out, stage.args_b)  # a plain rerun
@@ -234,6 +239,7 @@ def test_stage2_data_packaging(tmp_path):
     stage = Stage(
         "data_packaging", data_packaging.main, [*common_args, "--block_size", "16"], [*common_args, "--block_size", "8"],
         read_next=lambda out: packing.packed_dataset(out, "train"), next_error="{out}: no such folder; run data_packaging.py first",
+        temporary=".out.partial",
     )
     reference = run_crash_test(stage, tmp_path)
     assert len(list((reference / "train").glob("packed-*.parquet"))) > 1
