@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +188,8 @@ def tokenize_unit(unit: dict, tokenizer) -> dict:
         "doc_id": pa.array([str(d) if h else None for d, h in zip(doc_ids, held)], pa.string()),
         "text": pa.array([t if h else None for t, h in zip(texts, held)], pa.string()),
     })  # fmt: skip
-    summary = {"documents": len(texts), "tokens": sum(map(len, token_lists)), "pieces": unit["pieces"]}
+    summary = {"documents": len(texts), "tokens": sum(map(len, token_lists)), "pieces": unit["pieces"],
+               "worker": f"{socket.gethostname()}:{os.getpid()}"}  # fmt: skip
     write_unit(Path(unit["units"]), unit["index"], table, summary)
     return summary
 
