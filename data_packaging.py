@@ -4,6 +4,7 @@ tokens, the train and validation documents concatenated and chopped into blocks 
     python data_packaging.py                                  # work/cleaned -> work/packed
     python data_packaging.py --block_size 2048 --tokenizer mistral-32k
     python data_packaging.py --tokenizer path/to/model_folder_or.gguf_or.model
+    python data_packaging.py --engine ray                     # tokenize on Ray (--ray_address auto: a cluster)
 
 What it does, in order:
 1. Split BY DOCUMENT, before packing, so no block mixes two splits: a document is in
@@ -241,8 +242,7 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
     common = {"units": str(out.units.absolute()), "seed": s.seed, "validation": threshold, "held_out": held_out, "batch_size": s.batch_size}
     todo = [(i, {"index": i, "pieces": pieces, **common}) for i, pieces in enumerate(units) if not unit_done(out.units, i)]
     job = TokenizeJob(s.engine, s.num_proc, s.ray_address, tokenizer.backend_tokenizer.to_str(), threads=tokenizer_threads(s, len(todo)))
-    print(f"{len(units)} units of {s.unit_documents} documents ({len(units) - len(todo)} finished before), "
-          f"tokenized {where(s, len(todo))}")  # fmt: skip
+    print(f"{len(units)} units of {s.unit_documents} documents ({len(units) - len(todo)} finished before), {where(s, len(todo))}")
     run_units(todo, tokenize_unit, unit_tokenizer, job, desc="tokenizing")
 
     # Packing, in this process: the units' documents in input order, in the batches of pass 1.
@@ -296,10 +296,12 @@ def tokenizer_threads(s: Settings, units: int) -> int:
 
 def where(s: Settings, units: int) -> str:
     """Where run_units tokenizes, in words."""
+    if units == 0:
+        return "none left to tokenize"
     if s.engine == "ray":
-        return f"on Ray ({f'the cluster at {s.ray_address}' if s.ray_address else f'a Ray instance of this machine, {s.num_proc} CPUs'})"
+        return f"tokenized on Ray ({f'the cluster at {s.ray_address}' if s.ray_address else f'a Ray instance of this machine, {s.num_proc} CPUs'})"
     workers = min(s.num_proc, units)
-    return f"locally ({'in this process' if workers <= 1 else f'{workers} worker processes'})"
+    return f"tokenized locally ({'in this process' if workers <= 1 else f'{workers} worker processes'})"
 
 
 class DocumentWriter:

@@ -40,7 +40,9 @@ import model_preparation
 from minipretrain import packing, stages, tokenization
 from minipretrain.settings import PROJECT_DIR, UserError
 
-HOOK = r"""
+# The start of a hook (also test_resume_packaging's): `python -c HOOK POINT MARKER SCRIPT ARGS...`
+# runs SCRIPT with ARGS; pause() writes POINT to the file MARKER and waits to be killed.
+HOOK_START = r"""
 import os, runpy, sys, time
 from pathlib import Path
 
@@ -53,7 +55,9 @@ def pause():
     marker.write_text(point)
     time.sleep(600)  # the test kills the process here
 
+"""
 
+HOOK = HOOK_START + r"""
 if point == "tmp_folder":
     mkdir = Path.mkdir
     def hooked(self, *args, **kwargs):
