@@ -362,4 +362,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="no output was written (a previous output is as it was); the units tokenized so far are kept: "
+                               "run the same command again to continue")
