@@ -225,18 +225,18 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
     bos_id, eos_id = boundaries
     # Pass 1, over the doc_id column only: where the split thresholds lie, and the batches (file,
     # documents) in which the packing below takes the documents, as the stage always has.
-    hashes, batches = [], []
+    hashes, batches, rows = [], [], [0] * len(files)
     for i, f in enumerate(files):
         for ids in doc_id_batches(f, s.batch_size):
             hashes.append(split_hashes(ids, s.seed))
             batches.append((i, len(ids)))
+            rows[i] += len(ids)
     hashes = np.concatenate(hashes)
     threshold = validation_threshold(hashes, s.validation_fraction, s.min_validation_documents)
     held_out = eval_threshold(hashes, threshold, s.eval_documents)
     splits = SPLITS + (("eval",) if held_out is not None else ())
 
     # Tokenizing, in units on s.engine; the units a killed run finished are kept.
-    rows = [sum(n for i, n in batches if i == k) for k in range(len(files))]
     units = cut_units(files, rows, s.unit_documents)
     sizes = [sum(end - start for _, start, end in pieces) for pieces in units]
     common = {"units": str(out.units.absolute()), "seed": s.seed, "validation": threshold, "held_out": held_out, "batch_size": s.batch_size}
