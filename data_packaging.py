@@ -4,6 +4,7 @@ tokens, the train and validation documents concatenated and chopped into blocks 
     python data_packaging.py                                  # work/cleaned -> work/packed
     python data_packaging.py --block_size 2048 --tokenizer mistral-32k
     python data_packaging.py --tokenizer path/to/model_folder_or.gguf_or.model
+    python data_packaging.py --engine ray                     # tokenize on Ray (--ray_address auto: a cluster)
 
 What it does, in order:
 1. Split BY DOCUMENT, before packing, so no block mixes two splits: a document is in
@@ -12,15 +13,22 @@ What it does, in order:
    on during training: model_evaluation.py's held-out data) when among the next eval_documents.
    The choice depends only on the seed and the doc_id, not on batch sizes or file order, and
    eval_documents 0 gives the train and validation blocks of a packing without an eval split.
-2. Tokenize in batches with the Rust tokenizer (encode_batch_fast), which spreads a batch over all cores.
-   Special-token text inside a document (say a literal "<|endoftext|>") stays text: only the
-   boundaries added here are boundary tokens.
+2. Tokenize in units of work: `unit_documents` consecutive documents each, tokenized in batches
+   with the Rust tokenizer (encode_batch_fast), on the `engine`: local (in this process with
+   num_proc 1, else num_proc worker processes) or ray (a Ray Data actor pool, on this machine or a
+   cluster). A finished unit is a file in the output's temporary folder (.NAME.partial-KEY/units,
+   minipretrain.packing), so a run killed part-way (SIGKILL, Ctrl-C, a crash) and started again
+   with the same command continues from its finished units, and ends with the same bytes as an
+   uninterrupted run. Special-token text inside a document (say a literal "<|endoftext|>") stays
+   text: only the boundaries added here are boundary tokens.
 3. Each document becomes BOS + tokens + EOS with the tokenizer's document boundaries
    (tokenization.document_boundaries; for SmolLM2 both are <|endoftext|>, not the chat tokens
    its GGUF reports, and one <|endoftext|> between two documents closes the one and opens the
    next; the manifest records the choice). Each split's documents, in input order, are
    concatenated and chopped into blocks with numpy, the remainder carried to the next batch; only
-   each split's final incomplete block is dropped (the manifest counts its tokens).
+   each split's final incomplete block is dropped (the manifest counts its tokens). This step
+   reads the unit files in order in this process, so the blocks are the same on either engine,
+   for any num_proc and unit_documents.
 4. Blocks stream into Parquet shards (train/packed-00000.parquet, ..., validation/..., eval/...),
    an `input_ids` column of int32 lists of exactly block_size, in bounded row groups; memory holds
    a batch of documents and one row group per split, however large the corpus. The held-out
@@ -35,14 +43,28 @@ minipretrain.packing.packed_dataset(folder, split).
 
 from __future__ import annotations
 
-import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from minipretrain.packing import BlockWriter, chop, document_stream, stream_start
+from minipretrain.engines import ENGINES, run_units
+from minipretrain.packing import (
+    CLEANED_AGAIN,
+    SPLIT_CODES,
+    BlockWriter,
+    TokenizeJob,
+    chop,
+    cut_units,
+    document_stream,
+    split_hashes,
+    stream_start,
+    tokenize_unit,
+    unit_documents,
+    unit_tokenizer,
+)
 from minipretrain.settings import (
     CLEANED_DIR,
     DEFAULT_BASE_MODEL,
@@ -51,16 +73,17 @@ from minipretrain.settings import (
     Range,
     UserError,
     at_least,
+    one_of,
     parse_settings,
     run_main,
 )
 from minipretrain.sources import parquet_batches
-from minipretrain.stages import read_manifest, stage_output
-from minipretrain.tokenization import load_tokenizer, tokenize, tokenizer_info
+from minipretrain.stages import read_manifest, stage_output, unit_done
+from minipretrain.tokenization import load_tokenizer, tokenize, tokenizer_info  # noqa: F401 (tokenize: tests, benchmarks)
 
 STAGE = "data_packaging"
 SPLITS = ("train", "validation")
-AGAIN = "; run data_preparation.py again"  # what to do about damaged cleaned data
+UNITS_FORMAT = "units-v1"  # the unit files' format (packing.tokenize_unit): a change makes killed runs start over
 
 
 @dataclass
@@ -85,6 +108,28 @@ class Settings:
     batch_size: int = field(default=1_000, metadata={"help": "Documents read and tokenized per batch."})
     rows_per_shard: int = field(default=200_000, metadata={"help": "Blocks per output Parquet file."})
     row_group_rows: int = field(default=10_000, metadata={"help": "Blocks per Parquet row group (bounds memory)."})
+    unit_documents: int = field(
+        default=100,
+        metadata={"help": "Documents per unit of work: a unit is tokenized on its own and kept when done, so a killed run "
+                  "continues from its finished units (run the same command again). 100: the sample corpus's 138 documents "
+                  "make 2 units; a unit of 100 web pages is ~0.1-0.5 s of one core, so a kill loses seconds; raise it for "
+                  "corpora of millions (fewer, larger files). Does not change the output."},
+    )
+    engine: str = field(
+        default="local",
+        metadata={"help": "Where the units are tokenized: local (this machine: num_proc worker processes, or this process "
+                  "with num_proc 1) or ray (a Ray Data actor pool: see ray_address). The same output either way."},
+    )
+    ray_address: str = field(
+        default="",
+        metadata={"help": "With engine ray: empty starts a Ray instance on this machine for the run (num_proc CPUs); 'auto' "
+                  "or 'ray://host:port' joins a running cluster, whose nodes must see input_dir and output_dir at the same paths."},
+    )
+    num_proc: int = field(
+        default=os.cpu_count() or 1,
+        metadata={"help": "Worker processes that tokenize (engine local; 1: in this process), or the CPUs of the Ray instance "
+                  "started for the run (engine ray without ray_address). Does not change the output."},
+    )
 
 
 # The allowed values of every numeric setting, checked for flags and settings files alike (parse_settings).
@@ -97,6 +142,9 @@ CHECKS = {
     "batch_size": at_least(1),
     "rows_per_shard": at_least(1),
     "row_group_rows": at_least(1),
+    "unit_documents": at_least(1),
+    "engine": one_of(*ENGINES),
+    "num_proc": at_least(1),
 }
 
 
@@ -131,37 +179,15 @@ def cleaned_files(input_dir) -> tuple[dict, list[Path], int]:
     return manifest, files, documents
 
 
-def read_batches(files: list[Path], batch_size: int):
-    """(texts, doc_ids) batches in input order; a null text or doc_id is an error naming the row."""
-    import pyarrow.compute as pc
-
-    for f in files:
-        row = 0
-        for batch in parquet_batches(f, batch_size, ["text", "doc_id"], AGAIN):
-            for column in ("text", "doc_id"):
-                nulls = batch.column(column).is_null()
-                if pc.any(nulls).as_py():
-                    first = row + pc.index(nulls, True).as_py()
-                    raise UserError(f"{f}: row {first} has no {column}")
-            yield batch.column("text").to_pylist(), batch.column("doc_id").to_pylist()
-            row += batch.num_rows
-
-
-def doc_id_batches(files: list[Path]):
-    """Just the doc_id column, in input order."""
-    for f in files:
-        for batch in parquet_batches(f, 100_000, ["doc_id"], AGAIN):
-            yield batch.column("doc_id").to_pylist()
+def doc_id_batches(f: Path, batch_size: int):
+    """The doc_id column of one cleaned file, in the batches that packing takes the file's
+    documents in (batch_size rows, the last fewer)."""
+    for batch in parquet_batches(f, batch_size, ["doc_id"], CLEANED_AGAIN):
+        yield batch.column("doc_id").to_pylist()
 
 
 # ----------------------------------------------------------------------------------------------
-# The split
-
-
-def split_hashes(doc_ids, seed: int) -> np.ndarray:
-    """A uint64 per document from (seed, doc_id): the order in which documents go to validation."""
-    digests = b"".join(hashlib.blake2b(f"{seed}\0{d}".encode(), digest_size=8).digest() for d in doc_ids)
-    return np.frombuffer(digests, dtype="<u8")
+# The split (packing.split_hashes: each document's hash)
 
 
 def validation_threshold(hashes: np.ndarray, fraction: float, min_documents: int) -> int:
@@ -191,40 +217,56 @@ def eval_threshold(hashes: np.ndarray, validation: int, eval_documents: int) -> 
 # Packing
 
 
-def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, int], s: Settings, out_dir: Path) -> dict:
-    """Tokenize, split, pack and write every document; returns the counts per split."""
+def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, int], s: Settings, out) -> dict:
+    """Tokenize (in units), split, pack and write every document into out.path; returns the counts
+    per split. out: the stage's resumable output (out.units holds the finished units)."""
     from tqdm import tqdm
 
     bos_id, eos_id = boundaries
-    # Pass 1, over the doc_id column only: where the validation threshold lies.
-    hashes = np.concatenate([split_hashes(ids, s.seed) for ids in doc_id_batches(files)])
+    # Pass 1, over the doc_id column only: where the split thresholds lie, and the batches (file,
+    # documents) in which the packing below takes the documents, as the stage always has.
+    hashes, batches, rows = [], [], [0] * len(files)
+    for i, f in enumerate(files):
+        for ids in doc_id_batches(f, s.batch_size):
+            hashes.append(split_hashes(ids, s.seed))
+            batches.append((i, len(ids)))
+            rows[i] += len(ids)
+    hashes = np.concatenate(hashes)
     threshold = validation_threshold(hashes, s.validation_fraction, s.min_validation_documents)
     held_out = eval_threshold(hashes, threshold, s.eval_documents)
     splits = SPLITS + (("eval",) if held_out is not None else ())
 
-    writers = {split: BlockWriter(out_dir / split, s.block_size, s.rows_per_shard, s.row_group_rows) for split in splits}
-    texts_out = {split: DocumentWriter(out_dir / "documents" / f"{split}.parquet") for split in splits if split != "train"}
+    # Tokenizing, in units on s.engine; the units a killed run finished are kept.
+    units = cut_units(files, rows, s.unit_documents)
+    sizes = [sum(end - start for _, start, end in pieces) for pieces in units]
+    common = {"units": str(out.units.absolute()), "seed": s.seed, "validation": threshold, "held_out": held_out, "batch_size": s.batch_size}
+    todo = [(i, {"index": i, "pieces": pieces, **common}) for i, pieces in enumerate(units) if not unit_done(out.units, i)]
+    job = TokenizeJob(s.engine, s.num_proc, s.ray_address, tokenizer.backend_tokenizer.to_str(), threads=tokenizer_threads(s, len(todo)))
+    print(f"{len(units)} units of {s.unit_documents} documents ({len(units) - len(todo)} finished before), {where(s, len(todo))}")
+    run_units(todo, tokenize_unit, unit_tokenizer, job, desc="tokenizing")
+
+    # Packing, in this process: the units' documents in input order, in the batches of pass 1.
+    writers = {split: BlockWriter(out.path / split, s.block_size, s.rows_per_shard, s.row_group_rows) for split in splits}
+    texts_out = {split: DocumentWriter(out.path / "documents" / f"{split}.parquet") for split in splits if split != "train"}
     carry = {split: stream_start(bos_id, eos_id) for split in splits}
     counts = {split: {"documents": 0} for split in splits}
     tokens = 0
+    stored = unit_documents(out.units, sizes)
     try:
         with tqdm(total=documents, desc="packing", unit="doc") as bar:
-            for texts, doc_ids in read_batches(files, s.batch_size):
-                hashes = split_hashes(doc_ids, s.seed)
-                side = np.where(hashes <= threshold, "validation", "train")
-                if held_out is not None:
-                    side[(hashes > threshold) & (hashes <= held_out)] = "eval"
-                token_lists = tokenize(tokenizer, texts)
+            for _, n in batches:
+                batch = [next(stored) for _ in range(n)]
                 for split in splits:
-                    chosen = [ids for ids, v in zip(token_lists, side) if v == split]
+                    code = SPLIT_CODES[split]
+                    chosen = [ids for ids, v, _, _ in batch if v == code]
                     stream = document_stream(chosen, bos_id, eos_id)
                     blocks, carry[split] = chop(carry[split], stream, s.block_size)
                     writers[split].add(blocks)
                     if split in texts_out:
-                        texts_out[split].add([d for d, v in zip(doc_ids, side) if v == split], [t for t, v in zip(texts, side) if v == split])
+                        texts_out[split].add([d for _, v, d, _ in batch if v == code], [t for _, v, _, t in batch if v == code])
                     counts[split]["documents"] += len(chosen)
                     tokens += len(stream)
-                bar.update(len(texts))
+                bar.update(n)
                 bar.set_postfix(tokens=tokens, refresh=False)
     finally:
         for writer in [*writers.values(), *texts_out.values()]:
@@ -240,6 +282,26 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
                 f"{' or raise --eval_documents' if split == 'eval' else ''}"
             )
     return counts
+
+
+def tokenizer_threads(s: Settings, units: int) -> int:
+    """The Rust tokenizer's threads in each worker process: the cores shared among the workers,
+    so that they do not take turns on the same cores (0: the library's default, a thread per
+    core, for a run in this process). A Ray actor has one CPU of its node."""
+    if s.engine == "ray":
+        return 1
+    workers = min(s.num_proc, units)
+    return 0 if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
+
+
+def where(s: Settings, units: int) -> str:
+    """Where run_units tokenizes, in words."""
+    if units == 0:
+        return "none left to tokenize"
+    if s.engine == "ray":
+        return f"tokenized on Ray ({f'the cluster at {s.ray_address}' if s.ray_address else f'a Ray instance of this machine, {s.num_proc} CPUs'})"
+    workers = min(s.num_proc, units)
+    return f"tokenized locally ({'in this process' if workers <= 1 else f'{workers} worker processes'})"
 
 
 class DocumentWriter:
@@ -281,10 +343,10 @@ def main(argv=None):
     info = tokenizer_info(tokenizer)
     inputs = {"cleaned": {"folder": str(s.input_dir), "fingerprint": cleaned.get("fingerprint")}, "tokenizer": info["fingerprint"]}
 
-    with stage_output(s.output_dir, STAGE, s, inputs, s.overwrite) as out:
+    with stage_output(s.output_dir, STAGE, s, inputs, s.overwrite, resumable=f"{UNITS_FORMAT}/{s.unit_documents}") as out:
         if out is None:
             return
-        counts = pack(files, documents, tokenizer, (info["bos_id"], info["eos_id"]), s, out.path)
+        counts = pack(files, documents, tokenizer, (info["bos_id"], info["eos_id"]), s, out)
         eval_split = f"{s.eval_documents} documents held out for evaluation" if "eval" in counts else (
             "no eval split" + (f": {documents - counts['validation']['documents']} documents after validation's cannot spare "
                                f"eval_documents={s.eval_documents} (fewer would be left to train on)" if s.eval_documents else ""))
@@ -300,4 +362,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="no output was written (a previous output is as it was); the units tokenized so far are kept: "
+                               "run the same command again to continue")

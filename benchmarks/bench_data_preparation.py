@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -275,14 +276,18 @@ def command(name: str, out: Path, corpus: Path, candidate: str | None) -> list[s
     return [py, __file__, "--run", "datatrove", "--tasks", name.split("-")[1], "--corpus", str(corpus), "--out", str(out)]
 
 
-def measure(cmd: list[str], log: Path) -> dict:
+def measure(cmd: list[str], log: Path, until=None) -> dict:
+    """Wall time, CPU time and peak RSS of a command's process tree. until: a function polled as it
+    runs; when it returns True the command's processes are killed (SIGKILL), as by a crash, and the
+    result says killed: True (bench_packaging's kill-and-resume)."""
     import psutil
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     load_before = os.getloadavg()[0]
+    killed = [False]
     with open(log, "w") as f:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_DIR)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_DIR, start_new_session=until is not None)
         peak, cpu, done = [0], {}, threading.Event()
 
         def sample():
@@ -302,6 +307,10 @@ def measure(cmd: list[str], log: Path) -> dict:
                     except psutil.Error:
                         pass
                 peak[0] = max(peak[0], total)
+                if until is not None and until():
+                    killed[0] = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
                 time.sleep(0.02)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -310,9 +319,9 @@ def measure(cmd: list[str], log: Path) -> dict:
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
-    if rc != 0:
+    if rc != 0 and not killed[0]:
         sys.exit(f"error: {' '.join(cmd)} failed (exit {rc}); see {log}:\n" + log.read_text()[-3000:])
-    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "peak_rss_mb": peak[0] / 2**20, "load": load_before}
+    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "peak_rss_mb": peak[0] / 2**20, "load": load_before, "killed": killed[0]}
 
 
 def kept_documents(name: str, out: Path) -> dict[str, str]:

@@ -6,6 +6,8 @@ against the course-style way, side by side in one run.
     python benchmarks/bench_packaging.py --only ours-core,bare --rounds 3
     python benchmarks/bench_packaging.py --candidate work/bench/stage2-cand/data_packaging.py \
         --only ours,ours-core,bare,cand,cand-core              # a changed copy of the stage beside it
+    python benchmarks/bench_packaging.py --only ours,resume --rounds 1                 # kill at 50%, resume
+    python benchmarks/bench_packaging.py --only ours,resume --engine ray --rounds 1    # the same on Ray
 
 Input: stage 1's output on the benchmark corpus (work/bench/cleaned: data_preparation.py over
 benchmarks/make_corpus.py's 60,000 pages; made if missing). Contenders, each its own process, the
@@ -14,9 +16,15 @@ stage keeps):
 
 - ours: `data_packaging.py` as a user runs it (wall time includes start-up: imports, loading the
   tokenizer from the GGUF file, the manifest's file hashes).
-- ours-core: its pack() function alone, in-process, after the tokenizer is loaded; the phases inside
-  it timed apart (reading Parquet, split hashing, tokenizing, building the stream and chopping,
+- ours-core: its pack() function alone, in-process (num_proc 1: its units tokenized in this
+  process), after the tokenizer is loaded; the phases inside it timed apart (reading Parquet, split
+  hashing, tokenizing, writing and reading the unit files, building the stream and chopping,
   writing, the rest) by wrapping the module's functions.
+- resume: `data_packaging.py` as `ours`, killed (SIGKILL, its whole process group) when the units
+  folder holds --kill_at of its units, then the same command again, which continues from the
+  finished units. Its wall and CPU s are the two runs together; what the kill cost is its wall time
+  minus the uninterrupted `ours` run's (run it in the same rounds). Its output is checked to be
+  identical to ours.
 - bare: the fast tokenizer alone, called as the stage calls it (transformers' __call__, same options,
   same batch size) over texts already in memory: the limit. Also timed apart in the same process:
   reading the texts from Parquet, and the Rust tokenizer's encode_batch_fast without transformers'
@@ -57,7 +65,7 @@ sys.path[:0] = [str(PROJECT_DIR), str(BENCH_DIR)]
 
 from minipretrain.settings import UserError, parse_settings, run_main  # noqa: E402
 
-CONTENDERS = ["ours", "ours-core", "bare", "course", "course-py", "cand", "cand-core"]
+CONTENDERS = ["ours", "ours-core", "bare", "course", "course-py", "cand", "cand-core", "resume"]
 
 
 @dataclass
@@ -69,6 +77,10 @@ class BenchSettings:
     only: str = field(default="ours,ours-core,bare,course", metadata={"help": f"Comma-separated contenders: {', '.join(CONTENDERS)}."})
     rounds: int = field(default=2, metadata={"help": "Rounds over the contenders, interleaved; each one's fastest round counts."})
     candidate: str = field(default="", metadata={"help": "A changed copy of data_packaging.py, run as cand / cand-core."})
+    engine: str = field(default="local", metadata={"help": "--engine of the stage's runs (ours, cand, resume): local or ray."})
+    num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "--num_proc of the stage's runs (ours, cand, resume)."})
+    unit_documents: int = field(default=0, metadata={"help": "--unit_documents of the stage's runs and ours-core; 0: the stage's default."})
+    kill_at: float = field(default=0.5, metadata={"help": "resume: the share of the units finished when the run is killed."})
     work: str = field(default="work/bench/stage2", metadata={"help": "Where contenders write their outputs, logs and results.json."})
     one: str = field(default="", metadata={"help": "(internal) run this one contender in this process and print its result as JSON."})
     out: str = field(default="", metadata={"help": "(internal) its output folder."})
@@ -144,28 +156,37 @@ class Phases:
 
 def run_core(b: BenchSettings, stage_path: str) -> dict:
     """pack() of the stage (or of a candidate), in this process, with its phases timed apart."""
+    from types import SimpleNamespace
+
+    from minipretrain import packing
     from minipretrain.tokenization import load_tokenizer, tokenizer_info
 
     dp = load_stage(stage_path)
     tokenizer = load_tokenizer(b.tokenizer)
     info = tokenizer_info(tokenizer)
-    s = dp.Settings(input_dir=b.cleaned, output_dir=b.out, tokenizer=b.tokenizer, block_size=b.block_size, batch_size=b.batch_size)
+    s = dp.Settings(input_dir=b.cleaned, output_dir=b.out, tokenizer=b.tokenizer, block_size=b.block_size, batch_size=b.batch_size,
+                    num_proc=1, engine="local", **({"unit_documents": b.unit_documents} if b.unit_documents else {}))  # fmt: skip
     _, files, documents = dp.cleaned_files(s.input_dir)
     phases = Phases()
-    dp.read_batches = phases.timed_generator("read Parquet", dp.read_batches)
     dp.doc_id_batches = phases.timed_generator("read Parquet", dp.doc_id_batches)
+    packing.read_rows = phases.timed("read Parquet", packing.read_rows)
     dp.split_hashes = phases.timed("split hashing", dp.split_hashes)
-    dp.tokenize = phases.timed("tokenize", dp.tokenize)
+    packing.split_hashes = phases.timed("split hashing", packing.split_hashes)
+    packing.tokenize = phases.timed("tokenize", packing.tokenize)
+    packing.write_unit = phases.timed("write unit files", packing.write_unit)
+    dp.unit_documents = phases.timed_generator("read unit files", dp.unit_documents)
     for name in ("document_stream", "chop"):
         setattr(dp, name, phases.timed("stream + chop", getattr(dp, name)))
     for name in ("add", "close"):
         setattr(dp.BlockWriter, name, phases.timed("write Parquet", getattr(dp.BlockWriter, name)))
     out = Path(b.out)
     shutil.rmtree(out, ignore_errors=True)
+    (out / "units").mkdir(parents=True)
     w, c = time.perf_counter(), time.process_time()
-    counts = dp.pack(files, documents, tokenizer, (info["bos_id"], info["eos_id"]), s, out)
+    counts = dp.pack(files, documents, tokenizer, (info["bos_id"], info["eos_id"]), s, SimpleNamespace(path=out, units=out / "units"))
     wall, cpu = time.perf_counter() - w, time.process_time() - c
-    phases.add("other (tqdm, per-split selection, ...)", wall - sum(phases.wall.values()), cpu - sum(phases.cpu.values()))
+    shutil.rmtree(out / "units")  # as the stage does once the output is complete
+    phases.add("other (tqdm, unit tables, per-split selection, ...)", wall - sum(phases.wall.values()), cpu - sum(phases.cpu.values()))
     return {"core_wall_s": wall, "core_cpu_s": cpu, "text_tokens": text_tokens(counts, info["bos_id"], info["eos_id"]),
             "tokens_with_boundaries": sum(c["tokens"] for c in counts.values()), "documents": documents,
             "phases_wall": phases.wall, "phases_cpu": phases.cpu}  # fmt: skip
@@ -275,10 +296,12 @@ def run_course(b: BenchSettings, python_lists: bool) -> dict:
 
 def command(name: str, b: BenchSettings, out: Path, argv) -> list[str]:
     py = sys.executable
-    if name in ("ours", "cand"):
-        script = str(PROJECT_DIR / "data_packaging.py") if name == "ours" else b.candidate
+    if name in ("ours", "cand", "resume"):
+        script = b.candidate if name == "cand" else str(PROJECT_DIR / "data_packaging.py")
+        units = ["--unit_documents", str(b.unit_documents)] if b.unit_documents else []
         return [py, script, "--input_dir", b.cleaned, "--output_dir", str(out), "--tokenizer", b.tokenizer,
-                "--block_size", str(b.block_size), "--batch_size", str(b.batch_size), "--overwrite"]  # fmt: skip
+                "--block_size", str(b.block_size), "--batch_size", str(b.batch_size), "--overwrite",
+                "--engine", b.engine, "--num_proc", str(b.num_proc), *units]  # fmt: skip
     args = list(sys.argv[1:] if argv is None else argv)
     return [py, __file__, *args, f"--one={name}", f"--out={out}"]
 
@@ -299,6 +322,33 @@ def same_blocks(a: Path, b: Path) -> bool:
     if names != sorted(p.relative_to(b).as_posix() for p in b.rglob("*.parquet")):
         return False
     return all(pq.read_table(a / n).equals(pq.read_table(b / n)) for n in names)
+
+
+def finished_units(out: Path) -> int:
+    """Finished units in the stage's partial folder beside `out`."""
+    return sum(1 for _ in out.parent.glob(f".{out.name}.partial-*/units/*.json"))
+
+
+def killed_and_resumed(b: BenchSettings, out: Path, argv, log: Path, measure) -> dict:
+    """The stage killed when --kill_at of its units are finished, then the same command again."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    import data_packaging
+
+    documents = sum(pq.ParquetFile(f).metadata.num_rows for f in cleaned_files(Path(b.cleaned)))
+    units = math.ceil(documents / (b.unit_documents or data_packaging.Settings().unit_documents))
+    at = max(1, math.ceil(b.kill_at * units))
+    cmd = command("resume", b, out, argv)
+    killed = measure(cmd, log, until=lambda: finished_units(out) >= at)
+    if not killed["killed"]:
+        sys.exit(f"error: the resume run ended before {at} of its {units} units were finished; see {log}")
+    at_kill = finished_units(out)
+    resumed = measure(cmd, log.with_suffix(".resumed.log"))
+    return {"wall_s": killed["wall_s"] + resumed["wall_s"], "cpu_s": killed["cpu_s"] + resumed["cpu_s"],
+            "peak_rss_mb": max(killed["peak_rss_mb"], resumed["peak_rss_mb"]), "load": killed["load"],
+            "killed_wall_s": killed["wall_s"], "resumed_wall_s": resumed["wall_s"], "units": units, "units_at_kill": at_kill}  # fmt: skip
 
 
 def ensure_cleaned(folder: Path) -> None:
@@ -330,6 +380,8 @@ def main(argv=None):
         raise UserError(f"--only: unknown {unknown}; choose from {CONTENDERS}")
     if any(n.startswith("cand") for n in names) and not b.candidate:
         raise UserError("--only cand / cand-core need --candidate (a changed copy of data_packaging.py)")
+    if not 0 < b.kill_at < 1:
+        raise UserError(f"--kill_at: a share of the units between 0 and 1, got {b.kill_at}")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     # a candidate copy outside the project still imports minipretrain
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
@@ -345,18 +397,26 @@ def main(argv=None):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     text_mb = sum(f.stat().st_size for f in cleaned_files(cleaned)) / 1e6
     print(f"machine: {cpu}, {os.cpu_count()} cores; input {cleaned} ({text_mb:.1f} MB of Parquet); tokenizer {b.tokenizer}; "
-          f"block_size {b.block_size}, batch_size {b.batch_size}; load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+          f"block_size {b.block_size}, batch_size {b.batch_size}; engine {b.engine}, num_proc {b.num_proc}, "
+          f"unit_documents {b.unit_documents or 'default'}; load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
 
     runs = {name: [] for name in names}
     for i in range(b.rounds):
         for name in names:
             out = work / name
             shutil.rmtree(out, ignore_errors=True)
+            for left in work.glob(f".{name}.*"):  # a partial folder of an earlier round: no resuming from it
+                shutil.rmtree(left, ignore_errors=True)
             log = work / f"{name}.log"
-            m = measure(command(name, b, out, argv), log)
+            if name == "resume":
+                m = killed_and_resumed(b, out, argv, log, measure) | stage_result(out)
+                print(f"  round {i + 1}, resume: killed after {m['killed_wall_s']:.1f} s with {m['units_at_kill']} of {m['units']} units "
+                      f"finished, the same command again {m['resumed_wall_s']:.1f} s", flush=True)  # fmt: skip
+            else:
+                m = measure(command(name, b, out, argv), log)
             if name in ("ours", "cand"):
                 m |= stage_result(out)
-            else:
+            elif name != "resume":
                 m |= json.loads(next(line for line in log.read_text().splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
             shutil.rmtree(out / "hf-cache", ignore_errors=True)  # the course's Arrow copies
             runs[name].append(m)
@@ -400,6 +460,12 @@ def main(argv=None):
             if name in best:
                 print(f"  {name} (whole process) / bare tokenizer call {best[name]['wall_s'] / bare['core_wall_s']:5.2f}x")
         print(f"  bare tokenizer call / Rust encode_batch_fast {bare['core_wall_s'] / bare['rust_wall_s']:5.2f}x")
+    if "resume" in best and "ours" in best:
+        r, o = best["resume"], best["ours"]
+        lost = r["wall_s"] - o["wall_s"]
+        print(f"  resume: killed at {r['units_at_kill']}/{r['units']} units after {r['killed_wall_s']:.1f} s, continued in "
+              f"{r['resumed_wall_s']:.1f} s: {r['wall_s']:.1f} s in all against {o['wall_s']:.1f} s uninterrupted, "
+              f"{lost:.1f} s lost ({lost / o['wall_s']:.0%} of a run; CPU {r['cpu_s'] - o['cpu_s']:+.1f} s)")  # fmt: skip
     for slow in ("course", "course-py"):
         for fast in ("ours", "ours-core", "cand", "cand-core"):
             if slow in best and fast in best:
@@ -409,7 +475,7 @@ def main(argv=None):
         if "phases_wall" in m:
             parts = ", ".join(f"{k} {v:.2f} s ({m['phases_cpu'][k]:.1f} CPU)" for k, v in m["phases_wall"].items())
             print(f"phases of {name}: {parts}")
-    for fast, ref in (("cand", "ours"), ("cand-core", "ours-core"), ("ours-core", "ours")):
+    for fast, ref in (("cand", "ours"), ("cand-core", "ours-core"), ("ours-core", "ours"), ("resume", "ours")):
         if fast in best and ref in best:
             print(f"output of {fast} vs {ref}: {'identical blocks' if same_blocks(work / ref, work / fast) else 'DIFFERENT blocks'}")
     (work / "results.json").write_text(json.dumps({"settings": vars(b), "runs": runs}, indent=1, default=str) + "\n")

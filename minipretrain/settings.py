@@ -322,7 +322,9 @@ def _read_settings_file(path: Path) -> dict:
 # Settings that change how a stage works, never what it writes (tests hold the stages to that: the
 # same output for any num_proc, on either engine): not in manifests, fingerprints or resume keys,
 # so changing them neither rebuilds an output nor loses a stopped run's finished units.
-HOW_SETTINGS = ("overwrite", "num_proc", "engine", "ray_address")
+# unit_documents (how stages 1 and 2 cut their work) is one too, but it shapes the units: each
+# stage puts it in its resume key itself (stage_output's resumable).
+HOW_SETTINGS = ("overwrite", "num_proc", "engine", "ray_address", "unit_documents")
 
 
 def settings_dict(settings) -> dict:

@@ -345,13 +345,15 @@ def batched(iterable, n):
         yield batch
 
 
-def parquet_batches(path: Path, batch_size: int, columns: list[str], hint: str = ""):
+def parquet_batches(path: Path, batch_size: int, columns: list[str], hint: str = "", row_groups=None, first_row: int = 0):
     """A Parquet file's record batches; damaged data (a page behind an intact footer) is one line
-    naming the file and the row, then `hint`. Stages 1 and 2 read their Parquet input with it."""
+    naming the file and the row, then `hint`. Stages 1 and 2 read their Parquet input with it.
+    `row_groups`: only those (a slice of the file), whose first row is the file's row `first_row`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    batches, row = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns), 0
+    batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns, row_groups=row_groups)
+    row = first_row
     while True:
         try:
             batch = next(batches, None)

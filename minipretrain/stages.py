@@ -92,7 +92,8 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool, r
 
     `resumable` (a name for the format of the stage's units, e.g. "units-v1") makes the run
     resumable: the temporary folder is named by what makes the output (stage, settings, inputs,
-    that format), `.NAME.partial-KEY`, and outlives an error, a Ctrl-C or a SIGKILL. The stage
+    that format), `.NAME.partial-KEY`, and outlives an error, a Ctrl-C or a SIGKILL (unless no unit
+    was finished yet: then an error or a Ctrl-C removes it, as any temporary folder). The stage
     writes each finished unit of work into `out.units` (write_unit) and skips those already there;
     the same command run again finds them, whatever killed the first run. Files beside `units/`
     (a half-written output) are removed when a run resumes, `units/` when the output is complete.
@@ -163,10 +164,7 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool, r
         else:
             tmp.rename(out_dir)
     except Exception as e:
-        # A resumable run keeps its units for the same command run again, except after bad input:
-        # mending the input changes the inputs' fingerprint, so they could never be used.
-        if not resumable or not _finished_units(tmp) or (isinstance(e, UserError) and not getattr(e, "resumable", False)):
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_unless_resumable(tmp, resumable, e)
         failure = write_failure(e)
         if failure is None:
             raise
@@ -174,8 +172,7 @@ def stage_output(out_dir, stage: str, settings, inputs: dict, overwrite: bool, r
             raise  # run_main names the file
         raise UserError(f"{out_dir}: writing the output failed ({failure}); the previous output, if any, is as it was") from None
     except BaseException:
-        if not resumable or not _finished_units(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_unless_resumable(tmp, resumable)
         raise
     finally:
         if lock is not None:
@@ -219,6 +216,15 @@ def _remove_stale_partials(out_dir: Path, keep: Path) -> None:
     for p in sorted(out_dir.parent.glob(f".{out_dir.name}.partial-*")):
         if p != keep and p.is_dir() and not _locked(p):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _remove_unless_resumable(tmp: Path, resumable: str, error: BaseException | None = None) -> None:
+    """After an error: the temporary folder goes, unless it holds finished units to continue from
+    (a failed run with none leaves nothing). Bad input (a UserError not marked resumable) removes
+    them too: mending the input changes the inputs' fingerprint, so they could never be used."""
+    bad_input = isinstance(error, UserError) and not getattr(error, "resumable", False)
+    if not resumable or not _finished_units(tmp) or bad_input:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _clear_all_but_units(tmp: Path) -> None:

@@ -40,7 +40,9 @@ import model_preparation
 from minipretrain import packing, stages, tokenization
 from minipretrain.settings import PROJECT_DIR, UserError
 
-HOOK = r"""
+# The start of a hook (also test_resume_packaging's): `python -c HOOK POINT MARKER SCRIPT ARGS...`
+# runs SCRIPT with ARGS; pause() writes POINT to the file MARKER and waits to be killed.
+HOOK_START = r"""
 import os, runpy, sys, time
 from pathlib import Path
 
@@ -53,7 +55,9 @@ def pause():
     marker.write_text(point)
     time.sleep(600)  # the test kills the process here
 
+"""
 
+HOOK = HOOK_START + r"""
 if point == "tmp_folder":
     mkdir = Path.mkdir
     def hooked(self, *args, **kwargs):
@@ -135,9 +139,9 @@ class Stage:
     B: the run that is killed), an in-process run, and the next stage's reader."""
 
     def __init__(self, script, main, args_a, args_b, read_next, next_error, temporary=".out.tmp"):
+        self.temporary = temporary  # its temporary folder's name, less the -PID (-KEY for a resumable stage)
         self.script, self.main, self.args_a, self.args_b = script, main, args_a, args_b
         self.read_next, self.next_error = read_next, next_error  # next_error: the message, with {out}
-        self.temporary = temporary  # what a killed run leaves: .out.partial for a resumable stage (its units)
 
     def run(self, out: Path, args: list[str], *extra: str) -> None:
         self.main([*args, "--output_dir", str(out), *extra])
@@ -183,9 +187,10 @@ def run_crash_test(stage: Stage, root: Path) -> None:
             # not a new run's): with settings A it is up to date, nothing redone.
             stage.run(out, stage.args_a)
             assert (out / stages.MANIFEST).stat().st_ino == old_manifest_inode
-            # A resumable stage keeps the killed run's units (settings B) for B's next run, which uses them.
-            left = [] if stage.temporary == ".out.tmp" else [stage.temporary]
-            assert files_of(out) == files_of(reference_a) and temporaries(out) == left
+            # A resumable stage's partial folder of settings B stays until a run with B (it could hold
+            # finished units that run continues from); that run, next, clears it.
+            assert files_of(out) == files_of(reference_a)
+            assert temporaries(out) == ([] if stage.temporary == ".out.tmp" else [stage.temporary])
             stage.run(out, stage.args_b, "--overwrite")
         else:
             stage.run(out, stage.args_b)  # a plain rerun
@@ -239,6 +244,7 @@ def test_stage2_data_packaging(tmp_path):
     stage = Stage(
         "data_packaging", data_packaging.main, [*common_args, "--block_size", "16"], [*common_args, "--block_size", "8"],
         read_next=lambda out: packing.packed_dataset(out, "train"), next_error="{out}: no such folder; run data_packaging.py first",
+        temporary=".out.partial",
     )
     reference = run_crash_test(stage, tmp_path)
     assert len(list((reference / "train").glob("packed-*.parquet"))) > 1

@@ -76,7 +76,7 @@ def cleaned(tmp_path_factory):
 def run(cleaned, out, *flags):
     args = ["--input_dir", str(cleaned), "--output_dir", str(out), "--block_size", str(BLOCK),
             "--validation_fraction", "0.1", "--min_validation_documents", "4", "--batch_size", "5",
-            "--rows_per_shard", "40", "--row_group_rows", "7", *flags]
+            "--rows_per_shard", "40", "--row_group_rows", "7", "--unit_documents", "5", "--num_proc", "1", *flags]
     dp.main(args)
     return json.loads((out / "manifest.json").read_text())
 
