@@ -303,7 +303,7 @@ def main(argv=None):
     plan, inputs = resolve_sources(s)
     inputs.append({"language_model": describe(lid_model)})
 
-    with stage_output(s.output_dir, STAGE, s, {"sources": inputs}, s.overwrite, resumable=UNITS_FORMAT) as out:
+    with stage_output(s.output_dir, STAGE, s, {"sources": inputs}, s.overwrite, resumable=f"{UNITS_FORMAT}, units of {s.unit_documents}") as out:
         if out is None:
             return
         report = clean(plan, s, out)
