@@ -2,6 +2,7 @@
 
     python benchmarks/make_corpus.py                                 # 60,000 pages -> work/bench/corpus/
     python benchmarks/make_corpus.py --docs 200000 --seed 1 --out /tmp/corpus
+    python benchmarks/make_corpus.py --near_duplicates 0.05 --out work/bench/corpus-near  # + 5% near-copies
 
 The same seed gives byte-identical files. Pages are English-like text built from a word list with
 Zipf-like weights (fastText recognises it as English with high confidence), in paragraphs separated
@@ -19,11 +20,22 @@ each filter of data_preparation.py should catch:
 | duplicate     | 15%   | an exact copy of an earlier page (English or not)   | deduplication (exact_duplicate)     |
 | foreign       |  7%   | fr, de, es, it, pt or nl text                       | language (lang_xx)                  |
 | table         |  1%   | product codes and numbers, few words                | language (mostly low score)         |
+| near_duplicate|  0%   | `--near_duplicates`: an earlier page with 1-10% of  | near_deduplication (near_duplicate) |
+|               |       | its words changed, or 1-4 boilerplate lines added   | when it shares a MinHash band       |
 | clean         | rest  | English pages                                       | kept                                |
+
+near_duplicate pages (issue 14's near-duplicate race, benchmarks/bench_neardup.py) take their share
+from the clean pages: a page drawn as near_duplicate is first generated as the clean page it would
+have been (so the main random stream is unchanged), then replaced by a near-copy of an earlier
+clean or foreign page, made with a second random generator. So `--near_duplicates 0` (the default)
+writes exactly the files it always did, and with a share every other page is the same as without
+it, except exact duplicates that copy a replaced page (they copy the near-copy). Each near-copy's
+source and change are listed in <out>/near_duplicates.json.
 
 Output: <out>/pages-00000.jsonl ... (`{"id": ..., "text": ...}` a line; several shards so that
 multi-task pipelines such as datatrove's can split them) and <out>/corpus.json: the settings, counts
-per kind and the total UTF-8 bytes of the text (the "MB" of the benchmark's MB/s).
+per kind and the total UTF-8 bytes of the text (the "MB" of the benchmark's MB/s); with
+`--near_duplicates`, also <out>/near_duplicates.json ({id: {"of": source id, "how": change}}).
 """
 
 from __future__ import annotations
@@ -196,20 +208,43 @@ class Writer:
         return "\n".join(rows)
 
 
-def generate(docs: int, seed: int):
-    """Yield (id, kind, text) for `docs` pages, the same for the same seed."""
+def near_copy(text: str, w: Writer) -> tuple[str, str]:
+    """A near-duplicate of `text` made with w's generator: 1-10% of its words replaced by other words
+    (paragraph breaks kept), or 1-4 boilerplate lines (navigation, cookie notice, footer) added at its
+    top and/or bottom. Returns (new text, what changed)."""
+    rng = w.rng
+    if rng.random() < 0.5:
+        tokens = text.split(" ")
+        words = [i for i, t in enumerate(tokens) if t and "\n" not in t]  # a token holding "\n" joins two lines
+        share = rng.uniform(0.01, 0.10)
+        changed = max(1, round(share * len(words)))
+        for i in rng.sample(words, min(changed, len(words))):
+            tokens[i] = rng.choice(EN)
+        return " ".join(tokens), f"words {changed}/{len(words)}"
+    lines = rng.sample(NAV + BOILERPLATE + FOOTER, rng.randint(1, 4))
+    top = [w.fill(x) for x in lines if x in NAV]
+    bottom = [w.fill(x) for x in lines if x not in NAV]
+    return "\n\n".join(top + [text] + bottom), f"boilerplate +{len(top)} top +{len(bottom)} bottom"
+
+
+def generate(docs: int, seed: int, near_duplicates: float = 0.0, log: dict | None = None):
+    """Yield (id, kind, text) for `docs` pages, the same for the same seed. near_duplicates: the share
+    of pages that are near-copies of earlier ones (taken from the clean pages; `log` gets
+    {id: {"of": source id, "how": change}} for each)."""
     rng = random.Random(seed)
     w = Writer(rng)
+    near = Writer(random.Random(f"near-duplicates-{seed}"))  # its own stream: the other pages stay as they were
     kinds, cum, total = [], [], 0.0
-    for kind, share in SHARES:
+    for kind, share in SHARES + [("near_duplicate", near_duplicates)]:
         total += share
         kinds.append(kind)
         cum.append(total)
     earlier: list[str] = []  # pages a later duplicate copies (a bounded reservoir)
+    earlier_ids: list[str] = []  # and their ids (for near_duplicates.json)
     for i in range(docs):
         r = rng.random()
         kind = next((k for k, c in zip(kinds, cum) if r < c), "clean")
-        if kind == "duplicate" and not earlier:
+        if kind in ("duplicate", "near_duplicate") and not earlier:
             kind = "clean"
         if kind == "duplicate":
             text = rng.choice(earlier)
@@ -217,35 +252,47 @@ def generate(docs: int, seed: int):
             text = w.page(rng.choice(sorted(FOREIGN)))
         elif kind == "clean":
             text = w.page()
+        elif kind == "near_duplicate":
+            w.page()  # the clean page this one replaces, drawn from the main stream and dropped
+            k = near.rng.randrange(len(earlier))
+            text, how = near_copy(earlier[k], near)
+            if log is not None:
+                log[f"page-{i:07d}"] = {"of": earlier_ids[k], "how": how}
         else:
             text = getattr(w, kind)()
-        if kind in ("clean", "foreign"):
+        if kind in ("clean", "foreign", "near_duplicate"):
             if len(earlier) < 20_000:
                 earlier.append(text)
+                earlier_ids.append(f"page-{i:07d}")
             else:
-                earlier[rng.randrange(len(earlier))] = text
+                k = rng.randrange(len(earlier))
+                earlier[k], earlier_ids[k] = text, f"page-{i:07d}"
         yield f"page-{i:07d}", kind, text
 
 
-def write_corpus(out: Path, docs: int = 60_000, seed: int = 0, shards: int = 8) -> dict:
+def write_corpus(out: Path, docs: int = 60_000, seed: int = 0, shards: int = 8, near_duplicates: float = 0.0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("pages-*.jsonl"):
-        old.unlink()
+    for old in [*out.glob("pages-*.jsonl"), out / "near_duplicates.json"]:
+        old.unlink(missing_ok=True)
+    log: dict = {}
     per_shard = -(-docs // shards)
     files = [open(out / f"pages-{k:05d}.jsonl", "w", encoding="utf-8") for k in range(shards)]
     counts: dict[str, int] = {}
     text_bytes = 0
     try:
-        for i, (doc_id, kind, text) in enumerate(generate(docs, seed)):
+        for i, (doc_id, kind, text) in enumerate(generate(docs, seed, near_duplicates, log)):
             files[i // per_shard].write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
             counts[kind] = counts.get(kind, 0) + 1
             text_bytes += len(text.encode("utf-8"))
     finally:
         for f in files:
             f.close()
-    info = {"docs": docs, "seed": seed, "shards": shards, "text_bytes": text_bytes,
+    info = {"docs": docs, "seed": seed, "shards": shards, **({"near_duplicates": near_duplicates} if near_duplicates else {}),
+            "text_bytes": text_bytes,
             "file_bytes": sum(p.stat().st_size for p in out.glob("pages-*.jsonl")), "kinds": dict(sorted(counts.items()))}
     (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
+    if near_duplicates:
+        (out / "near_duplicates.json").write_text(json.dumps(log, indent=0) + "\n")
     return info
 
 
@@ -255,8 +302,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shards", type=int, default=8, help="number of .jsonl files")
     ap.add_argument("--out", default="work/bench/corpus", help="output folder (work/ is git-ignored)")
+    ap.add_argument("--near_duplicates", type=float, default=0.0,
+                    help="share of pages that are near-copies of earlier pages, taken from the clean pages (0: none, "
+                    "the corpus as before; the near-duplicate benchmark uses 0.05)")
     a = ap.parse_args(argv)
-    info = write_corpus(Path(a.out), a.docs, a.seed, a.shards)
+    if not 0 <= a.near_duplicates <= 1 - sum(share for _, share in SHARES):
+        ap.error(f"--near_duplicates must be between 0 and {1 - sum(share for _, share in SHARES):.2f}")
+    info = write_corpus(Path(a.out), a.docs, a.seed, a.shards, a.near_duplicates)
     print(json.dumps(info))
 
 

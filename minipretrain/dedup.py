@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import xxhash
 
@@ -16,16 +18,11 @@ def text_digest(text: str) -> bytes:
 # 5-grams, 112 permutations in 14 bands of 8 rows: a pair at Jaccard 0.75 shares a band with
 # probability 0.92, at 0.85 with 0.998, at 0.5 with 0.05).
 
-WORD = None
+WORD = re.compile(r"\w+")
 
 
 def word_list(text: str) -> list[str]:
     """A text's words, lower-cased, punctuation dropped (FineWeb normalises the same way)."""
-    global WORD
-    if WORD is None:
-        import re
-
-        WORD = re.compile(r"\w+")
     return WORD.findall(text.lower())
 
 
@@ -37,34 +34,79 @@ def shingles(text: str, n: int = 5) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
 
 
+# word_list's rule on UTF-8 bytes, as one bytes.translate: A-Z lower-cased, a-z 0-9 _ kept (what \w matches
+# among ASCII characters), every other ASCII byte a space; bytes of non-ASCII characters kept, and a token
+# holding any is split by word_list's own regex (is "é" a letter, is "£" not?). bytes.split() then gives
+# word_list's words, encoded.
+_UTF8_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if c >= 128 or chr(c).isalnum() or c == 95 else 32 for c in range(256))
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))  # MurmurHash3's finalizer
+
+
 class MinHashBands:
     """The MinHash LSH signature of stage 1's near_deduplication filter: `band_digests(text)` gives
     a text's `bands` 8-byte band digests (each a hash of `rows` MinHash values), all that the
-    corpus-wide step keeps of a document (duplicates_local / duplicates_ray)."""
+    corpus-wide step keeps of a document (duplicates_local / duplicates_ray).
+
+    The values are datasketch's (MinHash(num_perm, seed, hashfunc=xxh32).update_batch of the
+    5-grams, each " ".join of 5 word_list words encoded as UTF-8; its "affine32" scheme), computed
+    without making each word and 5-gram a Python string: the words are found in the UTF-8 bytes
+    (one translate and split; the regex only for tokens with non-ASCII characters), joined once,
+    and each 5-gram is a slice of those bytes; datasketch's arithmetic (fmix32 of the xxh32, then
+    a*h+b mod 2**32, the minimum per permutation) runs in numpy with datasketch's permutations.
+    Faster than update_batch (benchmarks/RESULTS.md); tests/test_neardup.py checks they agree."""
 
     def __init__(self, ngram: int = 5, bands: int = 14, rows: int = 8, seed: int = 1):
         from datasketch import MinHash
 
         self.ngram, self.bands, self.rows = ngram, bands, rows
         self._minhash = MinHash(num_perm=bands * rows, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+        if self._minhash.scheme != "affine32":  # the arithmetic below is that scheme's
+            raise RuntimeError(f"datasketch's MinHash uses the {self._minhash.scheme!r} scheme; MinHashBands computes 'affine32'")
+        a, b = self._minhash.permutations
+        self._a, self._b = np.asarray(a, np.uint32).reshape(-1, 1), np.asarray(b, np.uint32).reshape(-1, 1)
 
-    def signature(self, text: str, chunk: int = 20_000):
-        """The MinHash values of a text's shingles, fed in chunks: a 20 MB page never holds all its
-        shingles or a (shingles x permutations) matrix at once."""
-        m = self._minhash.copy()
-        m.clear()
-        words, n = word_list(text), self.ngram
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """xxh32 of each of the text's word n-grams (" ".join of n words, UTF-8), in text order; a
+        text of fewer than n words is one shingle of all its words."""
+        n = self.ngram
+        if text.isascii():
+            words = text.encode("ascii").translate(_UTF8_WORDS).split()
+        else:  # lower() first: Unicode's lower case is not only A-Z
+            words = text.lower().encode("utf-8").translate(_UTF8_WORDS).split()
+            for i in [i for i, w in enumerate(words) if not w.isascii()][::-1]:
+                words[i : i + 1] = [w.encode("utf-8") for w in WORD.findall(words[i].decode("utf-8"))]
+        data = b" ".join(words)
+        lengths = np.fromiter(map(len, words), np.int64, len(words))
         if len(words) < n:
-            m.update_batch([" ".join(words).encode("utf-8")])
-            return m.hashvalues
-        for start in range(0, len(words) - n + 1, chunk):
-            stop = min(start + chunk, len(words) - n + 1)
-            m.update_batch([" ".join(words[i : i + n]).encode("utf-8") for i in range(start, stop)])
-        return m.hashvalues
+            return np.array([xxhash.xxh32_intdigest(data)], dtype=np.uint32)
+        bounds = np.zeros(len(words) + 1, np.int64)  # word k is data[bounds[k] : bounds[k + 1] - 1]
+        np.cumsum(lengths + 1, out=bounds[1:])
+        count, h = len(words) - n + 1, xxhash.xxh32_intdigest
+        out = np.empty(count, np.uint32)
+        for start in range(0, count, 20_000):  # Python ints for one chunk of bounds at a time
+            stop = min(start + 20_000, count)
+            out[start:stop] = [h(data[x:y]) for x, y in zip(bounds[start:stop].tolist(), (bounds[start + n : stop + n] - 1).tolist())]
+        return out
+
+    def signature(self, text: str, chunk: int = 20_000) -> np.ndarray:
+        """The MinHash values (uint32) of a text's shingles, the permutations applied `chunk`
+        shingles at a time: a 20 MB page never holds a (shingles x permutations) matrix."""
+        s1, m1, s2, m2, s3 = _FMIX32
+        hv = self.shingle_hashes(text)
+        hv = hv ^ (hv >> s1)
+        hv = hv * m1
+        hv = hv ^ (hv >> s2)
+        hv = hv * m2
+        hv = hv ^ (hv >> s3)
+        values = np.full(len(self._a), np.uint32(0xFFFFFFFF))
+        for start in range(0, len(hv), chunk):
+            np.minimum(values, (self._a * hv[start : start + chunk] + self._b).min(axis=1), out=values)
+        return values
 
     def band_digests(self, text: str) -> list[int]:
-        values = self.signature(text).reshape(self.bands, self.rows)
-        return [xxhash.xxh64_intdigest(band.tobytes()) for band in values]
+        data = self.signature(text).tobytes()
+        width = 4 * self.rows
+        return [xxhash.xxh64_intdigest(data[i : i + width]) for i in range(0, len(data), width)]
 
 
 def find_duplicates(texts: list[str], near: MinHashBands | None = None) -> tuple[set[int], dict[int, int]]:

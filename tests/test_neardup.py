@@ -7,7 +7,7 @@ import random
 import pyarrow.parquet as pq
 
 import data_preparation as dp
-from minipretrain.dedup import MinHashBands, find_duplicates, shingles
+from minipretrain.dedup import MinHashBands, find_duplicates, shingles, word_list
 from minipretrain.settings import PROJECT_DIR
 
 PAGES = [json.loads(line)["text"] for f in ("clean-a", "clean-b", "clean-c")
@@ -91,6 +91,26 @@ def test_signatures_are_band_digests_and_near_copies_of_near_copies_are_found():
     # the earliest of several band-mates, whatever band it shares
     exact, near = find_duplicates([PAGES[1], copy, PAGES[0], second], bands)
     assert near[2] == 1 and near[3] == 1
+
+
+def test_signatures_equal_datasketch_update_batch():
+    """MinHashBands computes datasketch's MinHash by its own route (words found in the UTF-8 bytes,
+    5-grams as slices, the affine32 arithmetic in numpy): the values must be datasketch's, for ASCII
+    and non-ASCII text, short texts and a page long enough to be done in chunks."""
+    import xxhash
+    from datasketch import MinHash
+
+    texts = PAGES[:20] + [FRENCH, "", "a", "Too short.", "one two three four five", "Über-Größe_x1 café £3.50 naïve",
+                          "İstanbul ǅ ﬁne ß ΣΑΣ ½ ² ٣ a\u00a0b\u3000c x̃ 東京 テスト a£b£c", "MiXeD CaSe x_y 1,5 \t\r\x0b\x0c end",
+                          "word " * 25_000 + "Straße"]
+    for ngram, seed in ((5, 1), (3, 7)):
+        bands = MinHashBands(ngram=ngram, bands=14, rows=8, seed=seed)
+        for text in texts:
+            words = [w.encode("utf-8") for w in word_list(text)]
+            grams = [b" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)] or [b" ".join(words)]
+            m = MinHash(num_perm=112, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+            m.update_batch(grams)
+            assert (bands.signature(text, chunk=10_000) == m.hashvalues).all(), text[:40]
 
 
 def test_groups_count_chains_once_in_any_order():
