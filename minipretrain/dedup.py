@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import xxhash
 
@@ -151,7 +153,7 @@ def duplicates_ray(files: list, bands: int | None, cpus: int) -> tuple[set[int],
     import pyarrow as pa
     import ray.data
 
-    files = [str(f) for f in files]
+    files = [os.path.abspath(f) for f in files]  # the same path on every node (shared storage)
     rows = sum(_rows(f) for f in files)
     if rows == 0:
         return set(), {}
@@ -161,7 +163,7 @@ def duplicates_ray(files: list, bands: int | None, cpus: int) -> tuple[set[int],
         keys = _digest_matrix(batch.column("digest"))
         return pa.table({"order": batch.column("order"), "d0": keys[:, 0], "d1": keys[:, 1], "part": (keys[:, 0] % parts).astype(np.int64)})
 
-    ds = ray.data.read_parquet(files, columns=["order", "digest"]).map_batches(by_digest, batch_format="pyarrow")
+    ds = _read_units(files, ["order", "digest"], cpus).map_batches(by_digest, batch_format="pyarrow")
     out = ds.repartition(parts, keys=["part"]).map_batches(_firsts_in_partition, batch_size=None, batch_format="pyarrow",
                                                             fn_kwargs={"key": ["d0", "d1"]})
     pairs = _collect(out)
@@ -180,13 +182,31 @@ def duplicates_ray(files: list, bands: int | None, cpus: int) -> tuple[set[int],
         part = (value ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(parts)
         return pa.table({"order": np.repeat(order[keep], bands), "band": band, "value": value, "part": part.astype(np.int64)})
 
-    ds = ray.data.read_parquet(files, columns=["order", "bands"]).map_batches(by_band, batch_format="pyarrow", fn_args=(exact_array,))
+    ds = _read_units(files, ["order", "bands"], cpus).map_batches(by_band, batch_format="pyarrow", fn_args=(exact_array,))
     out = ds.repartition(parts, keys=["part"]).map_batches(_firsts_in_partition, batch_size=None, batch_format="pyarrow",
                                                             fn_kwargs={"key": ["band", "value"]})
     near: dict[int, int] = {}
     for order, first in _collect(out).items():  # the earliest over the bands
         near[order] = min(first, near.get(order, first))
     return exact, near
+
+
+def _read_units(files: list[str], columns: list[str], cpus: int):
+    """The unit tables' `columns` as a Ray dataset: plain tasks, each reading a share of the files
+    with pyarrow. Not ray.data.read_parquet: its file listing starts footer-reading actors (new
+    worker processes) on every call, 15-25 s on a loaded 2-core machine for 60 small files, where
+    these reads take under a second (benchmarks/RESULTS.md, stage 1 on Ray)."""
+    import ray.data
+
+    def read(batch):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pa.concat_tables([pq.read_table(path, columns=columns) for path in batch["path"].to_pylist()])
+
+    blocks = max(1, min(len(files), 4 * cpus))
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks).map_batches(
+        read, batch_size=None, batch_format="pyarrow")
 
 
 def _rows(path) -> int:
