@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -186,49 +187,66 @@ def duplicates_local(tables, bands: int | None) -> tuple[set[int], dict[int, int
 
 
 def duplicates_ray(files: list, bands: int | None, cpus: int) -> tuple[set[int], dict[int, int]]:
-    """duplicates_local's answer on Ray Data: the unit tables read in parallel, a hash repartition
-    by digest, then by (band, band digest), the first of each key found inside each partition.
-    Runs inside engines.ray_session."""
+    """duplicates_local's answer on Ray Data: the unit tables read in parallel, one hash
+    repartition of every document's keys (its text digest and, with `bands`, its (band, band
+    digest) pairs), the first of each key found inside each partition. Runs inside
+    engines.ray_session.
+
+    Exact copies' band keys go through the same shuffle rather than a second one after the exact
+    step: a copy's bands are its original's, and the original comes first, so the first holder of
+    any band key is never a copy; the near-duplicates of the other documents are then exactly
+    those duplicates_local finds among non-copies, and the copies' own band pairs are dropped
+    here. One shuffle, not two, because each costs new worker processes for its map and its
+    reduce tasks, which was most of this step's time (benchmarks/RESULTS.md, stage 1 on Ray)."""
     import numpy as np
     import pyarrow as pa
-    import ray.data
 
-    files = [str(f) for f in files]
+    files = [os.path.abspath(f) for f in files]  # the same path on every node (shared storage)
     rows = sum(_rows(f) for f in files)
     if rows == 0:
         return set(), {}
-    parts = max(cpus, rows // 500_000 + 1)  # a few hundred thousand keys a partition: one block each
+    parts = max(cpus, rows // 500_000 + 1)  # a few hundred thousand documents a partition: one block each
 
-    def by_digest(batch: pa.Table) -> pa.Table:
-        keys = _digest_matrix(batch.column("digest"))
-        return pa.table({"order": batch.column("order"), "d0": keys[:, 0], "d1": keys[:, 1], "part": (keys[:, 0] % parts).astype(np.int64)})
-
-    ds = ray.data.read_parquet(files, columns=["order", "digest"]).map_batches(by_digest, batch_format="pyarrow")
-    out = ds.repartition(parts, keys=["part"]).map_batches(_firsts_in_partition, batch_size=None, batch_format="pyarrow",
-                                                            fn_kwargs={"key": ["d0", "d1"]})
-    pairs = _collect(out)
-    exact = set(pairs)
-    if bands is None:
-        return exact, {}
-    exact_array = np.fromiter(exact, dtype=np.int64, count=len(exact))  # an argument of each task (fn_args does not resolve a ray.put reference)
-
-    def by_band(batch: pa.Table, copies) -> pa.Table:
+    def keys(batch: pa.Table) -> pa.Table:
+        """A row per key: band -1 and the digest's two halves (k0, k1) for the text, band b and
+        (band digest, 0) for each band."""
         order = batch.column("order").to_numpy()
-        keep = ~np.isin(order, copies)
-        matrix = _band_matrix(batch.column("bands"), bands)[keep]
-        n = int(keep.sum())
-        band = np.tile(np.arange(bands, dtype=np.int64), n)
-        value = matrix.reshape(-1)
-        part = (value ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(parts)
-        return pa.table({"order": np.repeat(order[keep], bands), "band": band, "value": value, "part": part.astype(np.int64)})
+        digest = _digest_matrix(batch.column("digest"))
+        tables = [pa.table({"order": order, "band": np.full(len(order), -1, dtype=np.int64), "k0": digest[:, 0], "k1": digest[:, 1],
+                            "part": (digest[:, 0] % parts).astype(np.int64)})]
+        if bands is not None:
+            band = np.tile(np.arange(bands, dtype=np.int64), len(order))
+            value = _band_matrix(batch.column("bands"), bands).reshape(-1)
+            part = (value ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(parts)
+            tables.append(pa.table({"order": np.repeat(order, bands), "band": band, "k0": value,
+                                    "k1": np.zeros(len(value), dtype=np.uint64), "part": part.astype(np.int64)}))
+        return pa.concat_tables(tables)
 
-    ds = ray.data.read_parquet(files, columns=["order", "bands"]).map_batches(by_band, batch_format="pyarrow", fn_args=(exact_array,))
+    columns = ["order", "digest"] + (["bands"] if bands is not None else [])
+    ds = _read_units(files, columns, cpus).map_batches(keys, batch_format="pyarrow")
     out = ds.repartition(parts, keys=["part"]).map_batches(_firsts_in_partition, batch_size=None, batch_format="pyarrow",
-                                                            fn_kwargs={"key": ["band", "value"]})
-    near: dict[int, int] = {}
-    for order, first in _collect(out).items():  # the earliest over the bands
-        near[order] = min(first, near.get(order, first))
-    return exact, near
+                                                            fn_kwargs={"key": ["band", "k0", "k1"], "tag": "band"})
+    copies, near = _collect(out)
+    exact = set(copies)
+    return exact, {order: first for order, first in near.items() if order not in exact}
+
+
+def _read_units(files: list[str], columns: list[str], cpus: int):
+    """The unit tables' `columns` as a Ray dataset: plain tasks, each reading a share of the files
+    with pyarrow. Not ray.data.read_parquet: its file listing starts footer-reading actors (new
+    worker processes) on every call, 15-25 s on a loaded 2-core machine for 60 small files, where
+    these reads take under a second (benchmarks/RESULTS.md, stage 1 on Ray)."""
+    import ray.data
+
+    def read(batch):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pa.concat_tables([pq.read_table(path, columns=columns) for path in batch["path"].to_pylist()])
+
+    blocks = max(1, min(len(files), 4 * cpus))
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks).map_batches(
+        read, batch_size=None, batch_format="pyarrow")
 
 
 def _rows(path) -> int:
@@ -237,10 +255,11 @@ def _rows(path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _firsts_in_partition(batch, key: list[str]):
+def _firsts_in_partition(batch, key: list[str], tag: str | None = None):
     """Inside one partition of a key shuffle: (order, order of the key's first row) for every row
     that is not its key's first, and a marker row per partition seen (order -1), so the driver can
-    check that no partition was split over two blocks (which would miss pairs across them)."""
+    check that no partition was split over two blocks (which would miss pairs across them). With
+    `tag` (a column of the key), each pair keeps that column too: what kind of key made it."""
     import numpy as np
     import pyarrow as pa
 
@@ -256,20 +275,24 @@ def _firsts_in_partition(batch, key: list[str]):
     start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
     later = ~new
     marks = np.unique(batch.column("part").to_numpy())
-    return pa.table({"order": np.concatenate([order[later], np.full(len(marks), -1)]),
-                     "first": np.concatenate([order[start[later]], marks])})
+    pairs = {"order": np.concatenate([order[later], np.full(len(marks), -1)]), "first": np.concatenate([order[start[later]], marks])}
+    if tag is not None:
+        pairs["tag"] = np.concatenate([batch.column(tag).to_numpy()[sort][later], np.zeros(len(marks), dtype=np.int64)])
+    return pa.table(pairs)
 
 
-def _collect(ds) -> dict[int, int]:
-    """{order: first} from the partitions' rows, after checking each partition came whole."""
-    pairs, seen = {}, set()
+def _collect(ds) -> tuple[dict[int, int], dict[int, int]]:
+    """({order: first} of the text digests' pairs (tag < 0), the same of the bands' pairs, the
+    earliest first over the bands) from the partitions' rows, after checking each partition came whole."""
+    exact, near, seen = {}, {}, set()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        order, first = batch.column("order").to_pylist(), batch.column("first").to_pylist()
+        order, first, tags = (batch.column(c).to_pylist() for c in ("order", "first", "tag"))
         marks = {f for o, f in zip(order, first) if o == -1}
         if marks & seen:
             raise RuntimeError("Ray split a shuffle partition over two blocks: de-duplication would miss pairs across them")
         seen |= marks
-        for o, f in zip(order, first):
+        for o, f, t in zip(order, first, tags):
             if o != -1:
+                pairs = exact if t < 0 else near
                 pairs[o] = min(f, pairs.get(o, f))
-    return pairs
+    return exact, near
