@@ -46,6 +46,7 @@ import numpy as np
 
 from minipretrain.evaluation import (
     TASK_NAME,
+    WITHIN_DOCUMENT_CORRELATION,
     bootstrap_weights,
     build_items,
     choice_report,
@@ -60,6 +61,7 @@ from minipretrain.evaluation import (
     resolve_model,
     results_table,
     score_items,
+    se_at_half,
     token_byte_lengths,
     token_losses,
     write_lm_eval_task,
@@ -86,7 +88,11 @@ class Settings:
     output_dir: str = field(default=EVALUATION_DIR, metadata={"help": "Where results.json, results.md, comparison.png and lm_eval_tasks/ go."})
     overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date."})
     perplexity_split: str = field(default="validation", metadata={"help": "The held-out split whose every block is scored: validation or eval."})
-    items: int = field(default=300, metadata={"help": "Multiple-choice items (300: a standard error of at most 0.029 at any accuracy)."})
+    items: int = field(
+        default=400,
+        metadata={"help": "Multiple-choice items (400 over the default 50 held-out documents: a standard error clustered by "
+                  "document of at most ~0.03 at any accuracy, lm-eval's at most 0.025; see the README)."},
+    )
     context_chars: int = field(default=120, metadata={"help": "An item's context: the whole sentences of at most this many characters."})
     ending_chars: int = field(default=36, metadata={"help": "An item's choices: about this many characters, cut at a word end."})
     seed: int = field(default=0, metadata={"help": "Seed of the items (order, distractors, answer position) and of the bootstrap."})
@@ -178,6 +184,12 @@ def main(argv=None):
     if len(items) < s.items:
         print(f"note: the held-out documents give {len(items)} items, fewer than items={s.items} "
               f"(more: data_packaging.py --eval_documents)")
+    per_document = np.unique([it["doc_id"] for it in items], return_counts=True)[1]
+    plain_se, clustered_se = se_at_half(per_document)
+    if not clustered_se <= 0.03:
+        print(f"note: at an accuracy of 0.5 the standard error of {len(items)} items from {len(per_document)} documents would be "
+              f"~{clustered_se:.3f} clustered by document ({plain_se:.3f} lm-eval's), over 0.03 (more items: --items, more "
+              f"documents: data_packaging.py --eval_documents)")
 
     inputs = {"packed": manifest["fingerprint"], "models": [identity for _, _, identity in models]}
     with stage_output(s.output_dir, STAGE, s, inputs, s.overwrite) as out:
@@ -208,6 +220,8 @@ def main(argv=None):
                 "from_splits": {split: len(docs) for split, docs in held_out.items()}, "choices": 4,
                 "length_match": length_match(items), "context_chars": s.context_chars, "ending_chars": s.ending_chars,
                 "standard_error": "table: clustered by source document; *_se: lm-eval's (sample sd / sqrt(n))",
+                "standard_error_at_accuracy_0.5": {"lm_eval": round(plain_se, 5), "by_document": round(clustered_se, 5),
+                                                   "assumed_within_document_correlation": WITHIN_DOCUMENT_CORRELATION},
             },
             "lm_eval": {
                 "task_folder": "lm_eval_tasks",

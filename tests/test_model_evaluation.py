@@ -161,6 +161,19 @@ def test_token_losses_equal_the_models_loss_with_any_head_chunk(model_dir, packe
         assert losses.mean() == pytest.approx(reference["loss"], abs=1e-5)
 
 
+def test_the_default_items_promise_a_standard_error_of_003_at_any_accuracy():
+    # by hand: 100 items in 10 documents of 10, rho 0.1: deff 1 + 9 * 0.1 = 1.9, times 10/9
+    assert evaluation.se_at_half([10] * 10, rho=0.1) == pytest.approx((0.05, math.sqrt(0.25 / 100 * 1.9 * 10 / 9)))
+    assert evaluation.se_at_half([10] * 10, rho=0.1)[1] < evaluation.se_at_half([55, 5, 5, 5, 5, 5, 5, 5, 5, 5], rho=0.1)[1]
+    # the defaults: stage 2 holds out at least min_validation_documents + eval_documents documents, and
+    # the stage spreads its items evenly over them (round robin; every document of the default corpus
+    # but 3 short ones gives 8 or more)
+    items, packing_defaults = model_evaluation.Settings().items, data_packaging.Settings()
+    documents = packing_defaults.min_validation_documents + packing_defaults.eval_documents
+    plain, clustered = evaluation.se_at_half(np.full(documents, items / documents))
+    assert plain <= 0.025 and clustered <= 0.03
+
+
 def test_documents_own_their_tokens():
     class Tok:  # tokenization.tokenize needs a backend: a stand-in with fixed ids
         backend_tokenizer = type("B", (), {"encode_special_tokens": False, "no_truncation": lambda s: None, "no_padding": lambda s: None,
@@ -239,6 +252,7 @@ def test_stage_output_and_rerun(evaluated, model_dir, packed, capsys):
     row = results["models"][0]
     assert row["layers"] == 2 and row["perplexity"]["documents"] == 6
     assert row["multiple_choice"]["items"] == 60 and 0 <= row["multiple_choice"]["acc"] <= 1
+    assert results["multiple_choice"]["standard_error_at_accuracy_0.5"]["lm_eval"] == pytest.approx(0.5 / math.sqrt(60), abs=1e-5)
     assert results["multiple_choice"]["from_splits"] == {"validation": 6, "eval": 12}
     assert {"results.json", "results.md", "comparison.png", "lm_eval_tasks/minipretrain_mc.yaml"} <= set(
         json.loads((evaluated / "manifest.json").read_text())["files"])
