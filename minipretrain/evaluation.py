@@ -124,7 +124,9 @@ def _log_probs(model, ids, where_rows, where_cols, targets, head_chunk: int, **i
 
 def token_losses(model, blocks: np.ndarray, batch_size: int, head_chunk: int = 1024) -> np.ndarray:
     """The loss (nats) of every predicted token of the blocks, shape (blocks, block_size - 1):
-    position t of a block predicts token t + 1, as in training."""
+    position t of a block predicts token t + 1, as in training. A block's last token predicts
+    nothing and, causal attention, changes nothing before it: the model reads the first
+    block_size - 1 tokens only (1/block_size less work, the same losses)."""
     n, length = blocks.shape
     out = np.empty((n, length - 1), np.float64)
     device = next(model.parameters()).device
@@ -135,7 +137,7 @@ def token_losses(model, blocks: np.ndarray, batch_size: int, head_chunk: int = 1
             ids = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
             b = len(ids)
             targets = ids[:, 1:].reshape(-1)
-            logp = _log_probs(model, ids, rows[: b * (length - 1)], cols[: b * (length - 1)], targets, head_chunk)
+            logp = _log_probs(model, ids[:, :-1], rows[: b * (length - 1)], cols[: b * (length - 1)], targets, head_chunk)
             out[start : start + b] = -logp.reshape(b, length - 1).double().cpu().numpy()
     return out
 
@@ -304,12 +306,13 @@ def score_items(model, encoded, batch_size: int, head_chunk: int = 1024) -> np.n
     One sequence per item: the context once, then each choice's tokens, each choice attending to
     the context and to itself only (a 4-D attention mask) at the positions it would have after the
     context alone, so the context is computed once for its four choices and the result equals
-    four separate sequences (lm-eval's way) up to float rounding. Items of similar length go in
-    one batch, padded on the right."""
+    four separate sequences (lm-eval's way) up to float rounding. A choice's last token predicts
+    nothing and no other position sees it, so it is left out (~8% less work on the defaults). Items
+    of similar length go in one batch, padded on the right."""
     n, k = len(encoded), max(len(c) for _, c in encoded)
     scores = np.zeros((n, k))
     device = next(model.parameters()).device
-    lengths = np.array([len(ctx) + sum(map(len, conts)) for ctx, conts in encoded])
+    lengths = np.array([len(ctx) + sum(len(cont) - 1 for cont in conts) for ctx, conts in encoded])
     order = np.argsort(lengths, kind="stable")
     dtype = next(model.parameters()).dtype
     with torch.inference_mode():
@@ -325,13 +328,13 @@ def score_items(model, encoded, batch_size: int, head_chunk: int = 1024) -> np.n
                 ids[r, : len(ctx)], pos[r, : len(ctx)], seg[r, : len(ctx)] = ctx, np.arange(len(ctx)), 0
                 at = len(ctx)
                 for c, cont in enumerate(conts):
-                    span = np.arange(at, at + len(cont))
-                    ids[r, span], pos[r, span], seg[r, span] = cont, len(ctx) + np.arange(len(cont)), c + 1
+                    span = np.arange(at, at + len(cont) - 1)  # the choice's tokens but its last
+                    ids[r, span], pos[r, span], seg[r, span] = cont[:-1], len(ctx) + np.arange(len(cont) - 1), c + 1
                     rows.append(np.full(len(cont), r))
-                    cols.append(np.concatenate([[len(ctx) - 1], span[:-1]]))  # the position that predicts each token
+                    cols.append(np.concatenate([[len(ctx) - 1], span]))  # the position that predicts each token
                     targets.append(cont)
                     owners.append(np.full(len(cont), i * k + c))
-                    at += len(cont)
+                    at += len(cont) - 1
                 pos[r, at:] = np.arange(width - at)
             seg_t = torch.as_tensor(seg)
             causal = torch.ones(width, width, dtype=torch.bool).tril()

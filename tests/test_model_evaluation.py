@@ -161,6 +161,39 @@ def test_token_losses_equal_the_models_loss_with_any_head_chunk(model_dir, packe
         assert losses.mean() == pytest.approx(reference["loss"], abs=1e-5)
 
 
+def test_chunked_logits_give_the_full_logits_losses(model_dir, packed):
+    """Every token's loss with the head run a few positions at a time equals log_softmax of the
+    model's own full logits, to 1e-6 nats; the same for every choice of an item."""
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    blocks = np.asarray(packing.packed_dataset(packed, "validation")["input_ids"], dtype=np.int32)[:10]
+    with torch.inference_mode():
+        ids = torch.as_tensor(blocks, dtype=torch.long)
+        full = -torch.log_softmax(model(ids).logits[:, :-1].double(), -1).gather(2, ids[:, 1:, None])[..., 0].numpy()
+    for head_chunk, batch_size in ((7, 3), (5, 10), (10_000, 4)):
+        assert np.abs(evaluation.token_losses(model, blocks, batch_size, head_chunk) - full).max() < 1e-6
+    tok = tokenization.load_tokenizer(model_dir)
+    encoded = evaluation.encode_items(tok, evaluation.build_items(
+        [(d["doc_id"], d["text"]) for split in held_out(packed).values() for d in split], 8, 120, 36, seed=0))
+    unchunked = evaluation.score_items(model, encoded, 4, head_chunk=10_000)  # (other batch sizes: test_packed_scoring_...)
+    tokens = np.array([[len(c) for c in conts] for _, conts in encoded])  # a choice's score sums its tokens' log-probabilities
+    assert (np.abs(evaluation.score_items(model, encoded, 4, head_chunk=2) - unchunked) < 1e-6 * tokens).all()
+
+
+def test_the_model_reads_no_token_that_predicts_nothing(model_dir, packed):
+    """A block's last token and each choice's last token predict nothing and no position attends to
+    them: the body never sees them (the losses stay those of the full sequences: the tests above)."""
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    widths = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
+    blocks = np.asarray(packing.packed_dataset(packed, "validation")["input_ids"], dtype=np.int32)[:10]
+    evaluation.token_losses(model, blocks, 4)
+    assert widths == [(4, 31), (4, 31), (2, 31)]
+    widths.clear()
+    encoded = [([5, 6, 7], [[8], [9, 10], [11, 12, 13], [14]]), ([5, 6], [[8, 9], [10], [11], [12]])]
+    evaluation.score_items(model, encoded, 2)
+    assert widths == [(2, 3 + 0 + 1 + 2 + 0)]  # the longer item: its context and its choices but their last tokens
+
+
 def test_the_default_items_promise_a_standard_error_of_003_at_any_accuracy():
     # by hand: 100 items in 10 documents of 10, rho 0.1: deff 1 + 9 * 0.1 = 1.9, times 10/9
     assert evaluation.se_at_half([10] * 10, rho=0.1) == pytest.approx((0.05, math.sqrt(0.25 / 100 * 1.9 * 10 / 9)))
