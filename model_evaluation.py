@@ -32,6 +32,9 @@ lm-evaluation-harness task (YAML, loader, the items as JSON lines), so that
 
 gives the same accuracies (tests/test_model_evaluation.py checks it). Memory: one model at a time;
 logits are made for at most `head_chunk` positions at once (x 49,152 floats for SmolLM2).
+Speed: batches of blocks or items, the positions that predict nothing left out; the work is the
+model's matmuls, in float32 (`--precision bf16` on a CPU with bf16 arithmetic: faster, numbers
+slightly off; see the README, "Stage 5").
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from minipretrain.evaluation import (
+    PRECISIONS,
     TASK_NAME,
     WITHIN_DOCUMENT_CORRELATION,
     bootstrap_weights,
@@ -64,6 +68,7 @@ from minipretrain.evaluation import (
     se_at_half,
     token_byte_lengths,
     token_losses,
+    use_precision,
     write_lm_eval_task,
 )
 from minipretrain.packing import packed_dataset
@@ -98,6 +103,13 @@ class Settings:
     seed: int = field(default=0, metadata={"help": "Seed of the items (order, distractors, answer position) and of the bootstrap."})
     resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the documents."})
     batch_size: int = field(default=16, metadata={"help": "Blocks (or items) per forward pass."})
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "fp32: what lm_eval --model_args dtype=float32 gives, to 1e-4 nats. bf16 (only on hardware with bf16 "
+                  "arithmetic: a CPU with AVX512-BF16 or AMX): the decoder's matmuls and attention in bfloat16, the rest in "
+                  "float32; faster, but its weights rounded to bfloat16 lose part of a short training run's small updates "
+                  "(the default run's trained model: perplexity +1%; see the README)."},
+    )
     head_chunk: int = field(default=1024, metadata={"help": "Positions whose logits are in memory at once (x vocabulary x 4 bytes)."})
 
 
@@ -106,6 +118,8 @@ def check(s: Settings) -> None:
         raise UserError("setting models: name at least one model")
     if s.labels and len(s.labels) != len(s.models):
         raise UserError(f"setting labels: {len(s.labels)} labels for {len(s.models)} models")
+    if s.precision not in PRECISIONS:
+        raise UserError(f"setting precision must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
     if s.perplexity_split not in HELD_OUT:
         raise UserError(f"setting perplexity_split must be one of {', '.join(HELD_OUT)}, got {s.perplexity_split!r}")
     for name in ("items", "context_chars", "ending_chars", "resamples", "batch_size", "head_chunk"):
@@ -142,19 +156,21 @@ def measure_perplexity(model, tokenizer, texts, packed_dir, split, manifest, s, 
         packed = np.asarray(packed_dataset(packed_dir, split)["input_ids"], dtype=np.int32)
         if not np.array_equal(blocks, packed):
             raise UserError(f"{Path(packed_dir) / split}: its blocks are not its documents/ packed again; run data_packaging.py again")
-    losses = token_losses(model, blocks, s.batch_size, s.head_chunk)
+    losses = token_losses(model, blocks, s.batch_size, s.head_chunk, s.precision)
     sums = document_sums(losses, blocks, owners, token_byte_lengths(tokenizer), len(texts))
     return perplexity_report(sums, weights), sums
 
 
 def evaluate_model(spec: str, label: str, identity, held_out, items, packed_dir, manifest, s, weights) -> tuple[dict, dict, np.ndarray]:
+    """(table row, per-document sums, item scores) of one model."""
     started = time.perf_counter()
     tokenizer, model = load_model(spec)
+    use_precision(model, s.precision)
     loaded = time.perf_counter()
     texts = [text for _, text in held_out[s.perplexity_split]]
     perplexity, sums = measure_perplexity(model, tokenizer, texts, packed_dir, s.perplexity_split, manifest, s, weights)
     measured = time.perf_counter()
-    scores = score_items(model, encode_items(tokenizer, items), s.batch_size, s.head_chunk)
+    scores = score_items(model, encode_items(tokenizer, items), s.batch_size, s.head_chunk, s.precision)
     done = time.perf_counter()
     row = {
         "label": label, "model": spec, "identity": identity, "layers": model.config.num_hidden_layers, "parameters": model.num_parameters(),
@@ -172,6 +188,12 @@ def evaluate_model(spec: str, label: str, identity, held_out, items, packed_dir,
 def main(argv=None):
     s = parse_settings(Settings, argv)
     check(s)
+    if s.precision == "bf16":
+        from minipretrain.training import bf16_supported
+
+        if not bf16_supported(cpu=True):
+            raise UserError("setting precision bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), where bf16 "
+                            "matmuls are emulated and ~100x slower than fp32; use --precision fp32")
     manifest = read_manifest(s.packed_dir, "data_packaging", hint="run data_packaging.py first")
     held_out = held_out_documents(s.packed_dir, manifest)
     models = [resolve_model(spec) for spec in s.models]
@@ -209,6 +231,7 @@ def main(argv=None):
         split_counts = manifest["counts"]
         results = {
             "models": rows,
+            "precision": s.precision,
             "perplexity": {
                 "split": s.perplexity_split, "documents": split_counts[s.perplexity_split]["documents"], "block_size": manifest["block_size"],
                 "interval": f"95% percentile bootstrap over the split's documents ({s.resamples} resamples, seed {s.seed})",

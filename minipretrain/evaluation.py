@@ -106,23 +106,53 @@ def _body_and_head(model):
     return None
 
 
-def _log_probs(model, ids, where_rows, where_cols, targets, head_chunk: int, **inputs) -> torch.Tensor:
+PRECISIONS = ("fp32", "bf16")
+
+
+def use_precision(model, precision: str):
+    """Get a loaded float32 model ready for `precision`: for "bf16", the decoder body's linear
+    weights become bfloat16 once, so that autocast does not cast 140M weights again on every call
+    (which took longer than the matmuls). The embeddings, norms and LM head stay float32. Other
+    families (no body and head apart) keep float32 weights: autocast casts them as it goes, the
+    head included. Returns the model."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    split = _body_and_head(model)
+    if precision == "bf16" and split is not None:
+        for module in split[0].modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(torch.bfloat16)
+    return model
+
+
+def _autocast(model, precision: str):
+    """bf16: the decoder body's matmuls (and attention) in bfloat16, accumulating in float32,
+    everything else (residual stream, norms, softmax, the LM head) in float32; fp32: nothing."""
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _log_probs(model, ids, where_rows, where_cols, targets, head_chunk: int, precision: str = "fp32", **inputs) -> torch.Tensor:
     """log p(targets[k] | the sequence up to position where_cols[k] of row where_rows[k]), for every
     k, in float32. The head runs on head_chunk positions at a time, so the logits in memory are at
-    most head_chunk x vocabulary floats, whatever the batch."""
+    most head_chunk x vocabulary floats, whatever the batch; it runs in float32 in either precision
+    (bfloat16 logits would round a logit of 20 by up to 0.06)."""
     split = _body_and_head(model)
     if split is None:
-        logits = model(input_ids=ids, use_cache=False, **inputs).logits[where_rows, where_cols]
+        with _autocast(model, precision):
+            logits = model(input_ids=ids, use_cache=False, **inputs).logits[where_rows, where_cols]
         return torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0]
     body, head = split
-    hidden = body(input_ids=ids, use_cache=False, **inputs).last_hidden_state[where_rows, where_cols]
+    with _autocast(model, precision):
+        hidden = body(input_ids=ids, use_cache=False, **inputs).last_hidden_state[where_rows, where_cols]
+    hidden = hidden.to(head.weight.dtype)
     parts = []
     for h, t in zip(hidden.split(head_chunk), targets.split(head_chunk)):
         parts.append(-torch.nn.functional.cross_entropy(head(h).float(), t, reduction="none"))
     return torch.cat(parts)
 
 
-def token_losses(model, blocks: np.ndarray, batch_size: int, head_chunk: int = 1024) -> np.ndarray:
+def token_losses(model, blocks: np.ndarray, batch_size: int, head_chunk: int = 1024, precision: str = "fp32") -> np.ndarray:
     """The loss (nats) of every predicted token of the blocks, shape (blocks, block_size - 1):
     position t of a block predicts token t + 1, as in training. A block's last token predicts
     nothing and, causal attention, changes nothing before it: the model reads the first
@@ -137,7 +167,7 @@ def token_losses(model, blocks: np.ndarray, batch_size: int, head_chunk: int = 1
             ids = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
             b = len(ids)
             targets = ids[:, 1:].reshape(-1)
-            logp = _log_probs(model, ids[:, :-1], rows[: b * (length - 1)], cols[: b * (length - 1)], targets, head_chunk)
+            logp = _log_probs(model, ids[:, :-1], rows[: b * (length - 1)], cols[: b * (length - 1)], targets, head_chunk, precision)
             out[start : start + b] = -logp.reshape(b, length - 1).double().cpu().numpy()
     return out
 
@@ -300,7 +330,7 @@ def encode_items(tokenizer, items: list[dict]) -> list[tuple[list[int], list[lis
     return out
 
 
-def score_items(model, encoded, batch_size: int, head_chunk: int = 1024) -> np.ndarray:
+def score_items(model, encoded, batch_size: int, head_chunk: int = 1024, precision: str = "fp32") -> np.ndarray:
     """Log-likelihood (nats) of each choice's continuation after its context, shape (items, choices).
 
     One sequence per item: the context once, then each choice's tokens, each choice attending to
@@ -343,7 +373,7 @@ def score_items(model, encoded, batch_size: int, head_chunk: int = 1024) -> np.n
             logp = _log_probs(
                 model, torch.as_tensor(ids, device=device), torch.as_tensor(np.concatenate(rows), device=device),
                 torch.as_tensor(np.concatenate(cols), device=device), torch.as_tensor(np.concatenate(targets), device=device),
-                head_chunk, attention_mask=mask.to(device), position_ids=torch.as_tensor(pos, device=device),
+                head_chunk, precision, attention_mask=mask.to(device), position_ids=torch.as_tensor(pos, device=device),
             )
             np.add.at(scores.reshape(-1), np.concatenate(owners), logp.double().cpu().numpy())
     return scores
