@@ -32,6 +32,9 @@ lm-evaluation-harness task (YAML, loader, the items as JSON lines), so that
 
 gives the same accuracies (tests/test_model_evaluation.py checks it). Memory: one model at a time;
 logits are made for at most `head_chunk` positions at once (x 49,152 floats for SmolLM2).
+Speed: batches of blocks or items, the positions that predict nothing left out; the work is the
+model's matmuls, in float32 (`--precision bf16` on a CPU with bf16 arithmetic: faster, numbers
+slightly off; see the README, "Stage 5").
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from minipretrain.evaluation import (
+    PRECISIONS,
     TASK_NAME,
+    WITHIN_DOCUMENT_CORRELATION,
     bootstrap_weights,
     build_items,
     choice_report,
@@ -60,8 +65,10 @@ from minipretrain.evaluation import (
     resolve_model,
     results_table,
     score_items,
+    se_at_half,
     token_byte_lengths,
     token_losses,
+    use_precision,
     write_lm_eval_task,
 )
 from minipretrain.packing import packed_dataset
@@ -86,12 +93,23 @@ class Settings:
     output_dir: str = field(default=EVALUATION_DIR, metadata={"help": "Where results.json, results.md, comparison.png and lm_eval_tasks/ go."})
     overwrite: bool = field(default=False, metadata={"help": "Redo the output even when it is up to date."})
     perplexity_split: str = field(default="validation", metadata={"help": "The held-out split whose every block is scored: validation or eval."})
-    items: int = field(default=300, metadata={"help": "Multiple-choice items (300: a standard error of at most 0.029 at any accuracy)."})
+    items: int = field(
+        default=400,
+        metadata={"help": "Multiple-choice items (400 over the default 50 held-out documents: a standard error clustered by "
+                  "document of at most ~0.03 at any accuracy, lm-eval's at most 0.025; see the README)."},
+    )
     context_chars: int = field(default=120, metadata={"help": "An item's context: the whole sentences of at most this many characters."})
     ending_chars: int = field(default=36, metadata={"help": "An item's choices: about this many characters, cut at a word end."})
     seed: int = field(default=0, metadata={"help": "Seed of the items (order, distractors, answer position) and of the bootstrap."})
     resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the documents."})
     batch_size: int = field(default=16, metadata={"help": "Blocks (or items) per forward pass."})
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "fp32: what lm_eval --model_args dtype=float32 gives, to 1e-4 nats. bf16 (only on hardware with bf16 "
+                  "arithmetic: a CPU with AVX512-BF16 or AMX): the decoder's matmuls and attention in bfloat16, the rest in "
+                  "float32; faster, but its weights rounded to bfloat16 lose part of a short training run's small updates "
+                  "(the default run's trained model: perplexity +1%; see the README)."},
+    )
     head_chunk: int = field(default=1024, metadata={"help": "Positions whose logits are in memory at once (x vocabulary x 4 bytes)."})
 
 
@@ -100,6 +118,8 @@ def check(s: Settings) -> None:
         raise UserError("setting models: name at least one model")
     if s.labels and len(s.labels) != len(s.models):
         raise UserError(f"setting labels: {len(s.labels)} labels for {len(s.models)} models")
+    if s.precision not in PRECISIONS:
+        raise UserError(f"setting precision must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
     if s.perplexity_split not in HELD_OUT:
         raise UserError(f"setting perplexity_split must be one of {', '.join(HELD_OUT)}, got {s.perplexity_split!r}")
     for name in ("items", "context_chars", "ending_chars", "resamples", "batch_size", "head_chunk"):
@@ -136,19 +156,21 @@ def measure_perplexity(model, tokenizer, texts, packed_dir, split, manifest, s, 
         packed = np.asarray(packed_dataset(packed_dir, split)["input_ids"], dtype=np.int32)
         if not np.array_equal(blocks, packed):
             raise UserError(f"{Path(packed_dir) / split}: its blocks are not its documents/ packed again; run data_packaging.py again")
-    losses = token_losses(model, blocks, s.batch_size, s.head_chunk)
+    losses = token_losses(model, blocks, s.batch_size, s.head_chunk, s.precision)
     sums = document_sums(losses, blocks, owners, token_byte_lengths(tokenizer), len(texts))
     return perplexity_report(sums, weights), sums
 
 
 def evaluate_model(spec: str, label: str, identity, held_out, items, packed_dir, manifest, s, weights) -> tuple[dict, dict, np.ndarray]:
+    """(table row, per-document sums, item scores) of one model."""
     started = time.perf_counter()
     tokenizer, model = load_model(spec)
+    use_precision(model, s.precision)
     loaded = time.perf_counter()
     texts = [text for _, text in held_out[s.perplexity_split]]
     perplexity, sums = measure_perplexity(model, tokenizer, texts, packed_dir, s.perplexity_split, manifest, s, weights)
     measured = time.perf_counter()
-    scores = score_items(model, encode_items(tokenizer, items), s.batch_size, s.head_chunk)
+    scores = score_items(model, encode_items(tokenizer, items), s.batch_size, s.head_chunk, s.precision)
     done = time.perf_counter()
     row = {
         "label": label, "model": spec, "identity": identity, "layers": model.config.num_hidden_layers, "parameters": model.num_parameters(),
@@ -166,6 +188,12 @@ def evaluate_model(spec: str, label: str, identity, held_out, items, packed_dir,
 def main(argv=None):
     s = parse_settings(Settings, argv)
     check(s)
+    if s.precision == "bf16":
+        from minipretrain.training import bf16_supported
+
+        if not bf16_supported(cpu=True):
+            raise UserError("setting precision bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), where bf16 "
+                            "matmuls are emulated and ~100x slower than fp32; use --precision fp32")
     manifest = read_manifest(s.packed_dir, "data_packaging", hint="run data_packaging.py first")
     held_out = held_out_documents(s.packed_dir, manifest)
     models = [resolve_model(spec) for spec in s.models]
@@ -178,6 +206,12 @@ def main(argv=None):
     if len(items) < s.items:
         print(f"note: the held-out documents give {len(items)} items, fewer than items={s.items} "
               f"(more: data_packaging.py --eval_documents)")
+    per_document = np.unique([it["doc_id"] for it in items], return_counts=True)[1]
+    plain_se, clustered_se = se_at_half(per_document)
+    if not clustered_se <= 0.03:
+        print(f"note: at an accuracy of 0.5 the standard error of {len(items)} items from {len(per_document)} documents would be "
+              f"~{clustered_se:.3f} clustered by document ({plain_se:.3f} lm-eval's), over 0.03 (more items: --items, more "
+              f"documents: data_packaging.py --eval_documents)")
 
     inputs = {"packed": manifest["fingerprint"], "models": [identity for _, _, identity in models]}
     with stage_output(s.output_dir, STAGE, s, inputs, s.overwrite) as out:
@@ -197,6 +231,7 @@ def main(argv=None):
         split_counts = manifest["counts"]
         results = {
             "models": rows,
+            "precision": s.precision,
             "perplexity": {
                 "split": s.perplexity_split, "documents": split_counts[s.perplexity_split]["documents"], "block_size": manifest["block_size"],
                 "interval": f"95% percentile bootstrap over the split's documents ({s.resamples} resamples, seed {s.seed})",
@@ -208,6 +243,8 @@ def main(argv=None):
                 "from_splits": {split: len(docs) for split, docs in held_out.items()}, "choices": 4,
                 "length_match": length_match(items), "context_chars": s.context_chars, "ending_chars": s.ending_chars,
                 "standard_error": "table: clustered by source document; *_se: lm-eval's (sample sd / sqrt(n))",
+                "standard_error_at_accuracy_0.5": {"lm_eval": round(plain_se, 5), "by_document": round(clustered_se, 5),
+                                                   "assumed_within_document_correlation": WITHIN_DOCUMENT_CORRELATION},
             },
             "lm_eval": {
                 "task_folder": "lm_eval_tasks",

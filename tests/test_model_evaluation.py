@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import data_packaging
 import model_evaluation
-from minipretrain import evaluation, packing, stages, tokenization
+from minipretrain import evaluation, packing, stages, tokenization, training
 from minipretrain.models import evaluate_loss
 from minipretrain.settings import PROJECT_DIR, UserError
 
@@ -70,7 +70,7 @@ def packed(model_dir, tmp_path_factory):
 def evaluated(model_dir, packed, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation") / "evaluation"
     model_evaluation.main(["--models", str(model_dir), "--packed_dir", str(packed), "--output_dir", str(out), "--items", "60",
-                           "--resamples", "500"])
+                           "--resamples", "500", "--precision", "fp32"])
     return out
 
 
@@ -161,6 +161,75 @@ def test_token_losses_equal_the_models_loss_with_any_head_chunk(model_dir, packe
         assert losses.mean() == pytest.approx(reference["loss"], abs=1e-5)
 
 
+def test_chunked_logits_give_the_full_logits_losses(model_dir, packed):
+    """Every token's loss with the head run a few positions at a time equals log_softmax of the
+    model's own full logits, to 1e-6 nats; the same for every choice of an item."""
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    blocks = np.asarray(packing.packed_dataset(packed, "validation")["input_ids"], dtype=np.int32)[:10]
+    with torch.inference_mode():
+        ids = torch.as_tensor(blocks, dtype=torch.long)
+        full = -torch.log_softmax(model(ids).logits[:, :-1].double(), -1).gather(2, ids[:, 1:, None])[..., 0].numpy()
+    for head_chunk, batch_size in ((7, 3), (5, 10), (10_000, 4)):
+        assert np.abs(evaluation.token_losses(model, blocks, batch_size, head_chunk) - full).max() < 1e-6
+    tok = tokenization.load_tokenizer(model_dir)
+    encoded = evaluation.encode_items(tok, evaluation.build_items(
+        [(d["doc_id"], d["text"]) for split in held_out(packed).values() for d in split], 8, 120, 36, seed=0))
+    unchunked = evaluation.score_items(model, encoded, 4, head_chunk=10_000)  # (other batch sizes: test_packed_scoring_...)
+    tokens = np.array([[len(c) for c in conts] for _, conts in encoded])  # a choice's score sums its tokens' log-probabilities
+    assert (np.abs(evaluation.score_items(model, encoded, 4, head_chunk=2) - unchunked) < 1e-6 * tokens).all()
+
+
+def test_the_model_reads_no_token_that_predicts_nothing(model_dir, packed):
+    """A block's last token and each choice's last token predict nothing and no position attends to
+    them: the body never sees them (the losses stay those of the full sequences: the tests above)."""
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    widths = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
+    blocks = np.asarray(packing.packed_dataset(packed, "validation")["input_ids"], dtype=np.int32)[:10]
+    evaluation.token_losses(model, blocks, 4)
+    assert widths == [(4, 31), (4, 31), (2, 31)]
+    widths.clear()
+    encoded = [([5, 6, 7], [[8], [9, 10], [11, 12, 13], [14]]), ([5, 6], [[8, 9], [10], [11], [12]])]
+    evaluation.score_items(model, encoded, 2)
+    assert widths == [(2, 3 + 0 + 1 + 2 + 0)]  # the longer item: its context and its choices but their last tokens
+
+
+def test_bf16_runs_the_body_in_bf16_and_the_head_in_fp32(model_dir, packed):
+    """precision bf16: the decoder layers' linear weights bfloat16, embeddings, norms and head float32;
+    the losses are the body's hidden states (bf16 autocast) through the float32 head, close to fp32's."""
+    blocks = np.asarray(packing.packed_dataset(packed, "validation")["input_ids"], dtype=np.int32)[:8]
+    fp32 = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    model = evaluation.use_precision(LlamaForCausalLM.from_pretrained(model_dir).eval(), "bf16")
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert dtypes["model.layers.0.self_attn.q_proj.weight"] == dtypes["model.layers.1.mlp.down_proj.weight"] == torch.bfloat16
+    assert {dtypes[n] for n in ("model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight")} == {torch.float32}
+    assert model.lm_head.weight.dtype == torch.float32
+    losses = evaluation.token_losses(model, blocks, 3, head_chunk=7, precision="bf16")
+    with torch.inference_mode():
+        ids = torch.as_tensor(blocks, dtype=torch.long)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model.model(ids[:, :-1]).last_hidden_state  # (the last token predicts nothing: left out)
+        expected = -torch.log_softmax(model.lm_head(hidden.float()).double(), -1).gather(2, ids[:, 1:, None])[..., 0].numpy()
+    assert np.abs(losses - expected).max() < 1e-6
+    exact = evaluation.token_losses(fp32, blocks, 3)
+    assert 1e-4 < np.abs(losses - exact).max() < 0.05 and abs(losses.mean() - exact.mean()) < 2e-3
+    with pytest.raises(ValueError, match="precision must be one of"):
+        evaluation.use_precision(fp32, "fp16")
+
+
+def test_the_default_items_promise_a_standard_error_of_003_at_any_accuracy():
+    # by hand: 100 items in 10 documents of 10, rho 0.1: deff 1 + 9 * 0.1 = 1.9, times 10/9
+    assert evaluation.se_at_half([10] * 10, rho=0.1) == pytest.approx((0.05, math.sqrt(0.25 / 100 * 1.9 * 10 / 9)))
+    assert evaluation.se_at_half([10] * 10, rho=0.1)[1] < evaluation.se_at_half([55, 5, 5, 5, 5, 5, 5, 5, 5, 5], rho=0.1)[1]
+    # the defaults: stage 2 holds out at least min_validation_documents + eval_documents documents, and
+    # the stage spreads its items evenly over them (round robin; every document of the default corpus
+    # but 3 short ones gives 8 or more)
+    items, packing_defaults = model_evaluation.Settings().items, data_packaging.Settings()
+    documents = packing_defaults.min_validation_documents + packing_defaults.eval_documents
+    plain, clustered = evaluation.se_at_half(np.full(documents, items / documents))
+    assert plain <= 0.025 and clustered <= 0.03
+
+
 def test_documents_own_their_tokens():
     class Tok:  # tokenization.tokenize needs a backend: a stand-in with fixed ids
         backend_tokenizer = type("B", (), {"encode_special_tokens": False, "no_truncation": lambda s: None, "no_padding": lambda s: None,
@@ -239,12 +308,29 @@ def test_stage_output_and_rerun(evaluated, model_dir, packed, capsys):
     row = results["models"][0]
     assert row["layers"] == 2 and row["perplexity"]["documents"] == 6
     assert row["multiple_choice"]["items"] == 60 and 0 <= row["multiple_choice"]["acc"] <= 1
+    assert results["multiple_choice"]["standard_error_at_accuracy_0.5"]["lm_eval"] == pytest.approx(0.5 / math.sqrt(60), abs=1e-5)
     assert results["multiple_choice"]["from_splits"] == {"validation": 6, "eval": 12}
     assert {"results.json", "results.md", "comparison.png", "lm_eval_tasks/minipretrain_mc.yaml"} <= set(
         json.loads((evaluated / "manifest.json").read_text())["files"])
     model_evaluation.main(["--models", str(model_dir), "--packed_dir", str(packed), "--output_dir", str(evaluated), "--items", "60",
-                           "--resamples", "500"])
+                           "--resamples", "500", "--precision", "fp32"])
     assert "up to date" in capsys.readouterr().out
+
+
+def test_stage_precision(evaluated, model_dir, packed, tmp_path):
+    fp32 = json.loads((evaluated / "results.json").read_text())
+    assert fp32["precision"] == "fp32" and model_evaluation.Settings().precision == "fp32"
+    args = ["--models", str(model_dir), "--packed_dir", str(packed), "--output_dir", str(tmp_path / "bf16"), "--items", "60",
+            "--resamples", "500", "--precision", "bf16"]
+    if not training.bf16_supported(cpu=True):  # emulated bf16: refused, not run ~100x slower
+        with pytest.raises(UserError, match="this CPU has no bf16 arithmetic"):
+            model_evaluation.main(args)
+        return
+    model_evaluation.main(args)
+    bf16 = json.loads((tmp_path / "bf16/results.json").read_text())
+    assert bf16["precision"] == "bf16"
+    a, b = fp32["models"][0]["perplexity"], bf16["models"][0]["perplexity"]
+    assert b["bits_per_byte"] == pytest.approx(a["bits_per_byte"], rel=2e-3)  # (the unit test above shows bf16 differs)
 
 
 def test_lm_eval_gives_the_same_accuracies(evaluated, model_dir, tmp_path):
@@ -284,4 +370,5 @@ def test_bad_input_is_one_line(packed, model_dir, tmp_path):
     assert f"{broken / 'documents/eval.parquet'}: not a readable documents file" in run("--models", model_dir, "--packed_dir", broken)
     assert "work/models/nothing: no such model folder" in run("--models", "work/models/nothing", "--packed_dir", packed)
     assert "setting items must be at least 1" in run("--models", model_dir, "--packed_dir", packed, "--items", "0")
+    assert "setting precision must be one of fp32, bf16, got 'fp16'" in run("--models", model_dir, "--packed_dir", packed, "--precision", "fp16")
     assert not (tmp_path / "work/evaluation").exists()
