@@ -17,13 +17,15 @@ which calls the stage's main() unchanged but wraps a few of its functions to tim
   (duplicates_local / duplicates_ray), the write pass (write_kept: reading the units back in
   corpus order, writing cleaned-*.parquet), and on Ray the session's start (ray.init until the
   cluster answers) and end (ray.shutdown);
-- each unit (clean_unit) in whichever worker or Ray actor runs it: start, end, process id,
-  documents read, and the time its .jsonl reader spent skipping the lines before its slice (from
-  the call to its first document); each worker's setup (the fastText model, MinHash permutations).
+- each unit (clean_unit) in whichever worker or Ray actor runs it: start, end, CPU seconds (the
+  worker's process_time), process id, documents read, and the time its .jsonl reader spent
+  skipping the lines before its slice (from the call to its first document); each worker's setup
+  (the fastText model, MinHash permutations) and its nice value (Ray starts workers at nice 15).
 
 Start-up cost on Ray = the first unit's start minus ray.init's start (Ray's processes, the actor
 pool, each actor's setup). Per-worker throughput = documents / busy seconds of each worker
-process (its units' summed durations).
+process (its units' summed durations); "per CPU s" = documents / the units' CPU seconds, which a
+loaded machine's scheduling moves less than wall time.
 
 Memory: the largest sum of RSS over every process the run started (psutil, every 0.2 s): the
 stage's process tree and Ray's own processes (GCS, raylet, its agents, workers, actors), found by
@@ -45,7 +47,8 @@ fastest run counts; the machine's 1-minute load average is printed beside each r
 - resume: per round, an uninterrupted run, then a run SIGKILLed when --kill_at of its units have
   finished (counted in `.NAME.partial-*/units/*.json`), then the same command again, which
   continues from the finished units. Time lost = killed + resumed - uninterrupted. The outputs are
-  compared byte for byte.
+  compared byte for byte. Processes of the killed run still alive 30 s after the kill (Ray's, when
+  the driver dies) are listed, then ended by id.
 - units: the local engine with each --unit_documents; phases as above, plus the planning pass and
   the summed skip time (each unit of a .jsonl file reads, unparsed, the lines before its slice).
 """
@@ -107,7 +110,7 @@ def timed_setup(s):
         sources.read_jsonl = _timed_read_jsonl
     t = time.time()
     context = cleaning.setup(s)
-    _log({"event": "setup", "start": t, "end": time.time()})
+    _log({"event": "setup", "start": t, "end": time.time(), "nice": os.nice(0), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
     return context
 
 
@@ -115,10 +118,10 @@ def timed_clean_unit(unit, context):
     from minipretrain import cleaning
 
     skipped = _skip["s"]
-    t = time.time()
+    t, cpu = time.time(), time.process_time()
     result = cleaning.clean_unit(unit, context)
-    _log({"event": "unit", "index": unit["index"], "start": t, "end": time.time(),
-          "documents": result["read"]["documents"], "skip_s": _skip["s"] - skipped})
+    _log({"event": "unit", "index": unit["index"], "start": t, "end": time.time(), "cpu_s": time.process_time() - cpu,
+          "threads": len(os.listdir("/proc/self/task")), "documents": result["read"]["documents"], "skip_s": _skip["s"] - skipped})
     return result
 
 
@@ -250,18 +253,24 @@ def run_measured(cmd: list[str], log: Path, kill_when=None) -> dict:
                     killed = time.time()
                 time.sleep(0.1)
             wall = time.time() - start
-            if killed:  # what the kill left running (Ray's processes, a worker): ended by id, then counted
-                time.sleep(3)
+            if killed:  # what the kill left running (Ray's processes, a worker), given 30 s to go, then ended by id
+                def leftovers():
+                    return [p for p in psutil.process_iter(["create_time", "name", "cmdline"])
+                            if p.info["create_time"] and p.info["create_time"] >= start - 1 and sampler.is_mine(p)]
+
+                deadline = time.time() + 30
+                while leftovers() and time.time() < deadline:
+                    time.sleep(1)
                 left = []
-                for p in psutil.process_iter(["create_time"]):
-                    if p.info["create_time"] and p.info["create_time"] >= start - 1 and sampler.is_mine(p):
-                        left.append(f"{p.pid} {sampler.names.get(p.pid, '?')}")
-                        with contextlib.suppress(psutil.Error):
-                            p.kill()
+                for p in leftovers():
+                    left.append(f"{p.pid} {(p.info['cmdline'] or [p.info['name']])[0].rsplit('/', 1)[-1][:40]}")
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
         rc = proc.returncode
         if rc != 0 and not killed:
             sys.exit(f"error: {' '.join(cmd)} failed (exit {rc}); see {log}:\n" + log.read_text()[-3000:])
         events = [json.loads(line) for line in timings.read_text().splitlines()] if timings.is_file() else []
+        log.with_suffix(".timings.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"wall_s": wall, "cpu_s": sum(sampler.cpu.values()), "peak_rss_mb": sampler.peak / 2**20, "load": load,
@@ -294,13 +303,16 @@ def phases(events: list[dict], start: float) -> dict:
             out["startup_s"] = unit_start - first["ray_init"]["start"]  # ray.init to the first unit running
         workers = {}
         for e in units:
-            w = workers.setdefault(e["pid"], {"units": 0, "documents": 0, "busy_s": 0.0})
+            w = workers.setdefault(e["pid"], {"units": 0, "documents": 0, "busy_s": 0.0, "cpu_s": 0.0, "threads": 0})
             w["units"] += 1
             w["documents"] += e["documents"]
             w["busy_s"] += e["end"] - e["start"]
+            w["cpu_s"] += e["cpu_s"]
+            w["threads"] = max(w["threads"], e["threads"])
         out["workers"] = list(workers.values())
         out["docs_per_s_per_worker"] = sum(w["documents"] for w in workers.values()) / sum(w["busy_s"] for w in workers.values())
         out["unit_s_mean"] = sum(e["end"] - e["start"] for e in units) / len(units)
+        out["docs_per_cpu_s"] = out["documents"] / sum(e["cpu_s"] for e in units)  # per second of CPU the units got
     setups = [e for e in events if e["event"] == "setup"]
     if setups:
         out["setup_s_mean"] = sum(e["end"] - e["start"] for e in setups) / len(setups)
@@ -344,7 +356,7 @@ def show(name: str, r: int, m: dict) -> None:
         if key in m:
             parts.append(f"{label} {m[key]:.1f}")
     if "docs_per_s_per_worker" in m:
-        parts.append(f"{m['docs_per_s_per_worker']:.0f} docs/s/worker")
+        parts.append(f"{m['docs_per_s_per_worker']:.0f} docs/s/worker ({m['docs_per_cpu_s']:.0f} per CPU s)")
     print(f"  {name} run {r + 1}: " + ", ".join(parts) + f"; load {m['load']:.2f}", flush=True)
 
 
@@ -408,7 +420,7 @@ def resume(a, work: Path) -> dict:
         killed = run_measured(stage_command(PROJECT_DIR, corpus, out_kill, a.engine, []), work / "killed.log", kill_when=half_done)
         done = sum(1 for _ in out_kill.parent.glob(f".{out_kill.name}.partial-*/units/*.json"))
         print(f"  killed run {r + 1}: SIGKILL after {killed['killed_after_s']:.1f} s, {done} of {total} units finished, "
-              f"{killed['wall_s']:.1f} s wall; left running after the kill (ended): {killed['left_running'] or 'none'}; "
+              f"{killed['wall_s']:.1f} s wall; still running 30 s after the kill (then ended): {killed['left_running'] or 'none'}; "
               f"load {killed['load']:.2f}", flush=True)
         resumed = run_measured(stage_command(PROJECT_DIR, corpus, out_kill, a.engine, []), work / "resumed.log")
         resumed["sha256"] = cleaned_sha256(out_kill)
