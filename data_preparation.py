@@ -239,9 +239,12 @@ def write_kept(units, exact: set, near: dict, sources: list, s: Settings, out) -
                 continue  # row groups of ROW_GROUP_ROWS documents whatever the units: the same bytes for any unit size
             out_rows, pending = pending, []
             while out_rows:
+                room = min(s.rows_per_shard - rows_in_shard, ROW_GROUP_ROWS)
+                if len(out_rows) < room and i != units[-1][0]:
+                    pending = out_rows  # a short group waits for the next unit's rows: groups never follow unit boundaries
+                    break
                 if writer is None:
                     writer = pq.ParquetWriter(out.path / f"cleaned-{shard:05d}.parquet", schema, compression="zstd")
-                room = min(s.rows_per_shard - rows_in_shard, ROW_GROUP_ROWS)
                 take, out_rows = out_rows[:room], out_rows[room:]
                 writer.write_table(pa.Table.from_pylist(take, schema=schema))
                 for doc in take:

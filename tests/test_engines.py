@@ -166,6 +166,22 @@ def test_a_second_run_of_the_same_command_at_the_same_time_stops(tmp_path, refer
     assert digest(out) == expected
 
 
+def test_the_output_bytes_do_not_depend_on_the_unit_size(tmp_path, reference, monkeypatch):
+    """Row groups of ROW_GROUP_ROWS documents whatever the units: a short group waits for the next
+    unit's rows (small groups here, so units of 30 and of 1,000 cut the stream differently)."""
+    sources, _ = reference
+    monkeypatch.setattr(dp, "ROW_GROUP_ROWS", 40)
+    outputs = []
+    for size in ("30", "1000"):
+        out = tmp_path / f"out{size}"
+        argv = command(sources, out, "--num_proc", "1")[2:]
+        argv[argv.index("--unit_documents") + 1] = size
+        argv[argv.index("--rows_per_shard") + 1] = "10000"
+        dp.main(argv)
+        outputs.append(digest(out)["files"])
+    assert outputs[0] == outputs[1]
+
+
 # ---- the Ray engine -------------------------------------------------------------------------------
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (requirements.txt)")
