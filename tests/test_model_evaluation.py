@@ -179,6 +179,26 @@ def test_chunked_logits_give_the_full_logits_losses(model_dir, packed):
     assert (np.abs(evaluation.score_items(model, encoded, 4, head_chunk=2) - unchunked) < 1e-6 * tokens).all()
 
 
+def test_a_model_without_a_separate_head_gets_bounded_logits_too(packed):
+    """GPT-2 is not in _SPLIT_HEAD: it runs whole, on as many rows as make head_chunk positions,
+    with the same losses as one pass over the batch."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=500, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    blocks = np.asarray(packing.packed_dataset(packed, "validation")["input_ids"], dtype=np.int32)[:7]
+    with torch.inference_mode():
+        ids = torch.as_tensor(blocks, dtype=torch.long)
+        full = -torch.log_softmax(model(ids).logits[:, :-1].double(), -1).gather(2, ids[:, 1:, None])[..., 0].numpy()
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(tuple(output.shape)))
+    assert np.abs(evaluation.token_losses(model, blocks, batch_size=7, head_chunk=64) - full).max() < 1e-6
+    assert shapes == [(2, 31, 500), (2, 31, 500), (2, 31, 500), (1, 31, 500)]  # 64 // 31 = 2 rows at a time
+    shapes.clear()
+    assert np.abs(evaluation.token_losses(model, blocks, batch_size=7, head_chunk=10) - full).max() < 1e-6
+    assert set(shapes) == {(1, 31, 500)}  # at least one row
+
+
 def test_the_model_reads_no_token_that_predicts_nothing(model_dir, packed):
     """A block's last token and each choice's last token predict nothing and no position attends to
     them: the body never sees them (the losses stay those of the full sequences: the tests above)."""
