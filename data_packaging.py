@@ -100,10 +100,10 @@ class Settings:
     validation_fraction: float = field(default=0.02, metadata={"help": "Share of documents held out for validation."})
     min_validation_documents: int = field(default=10, metadata={"help": "Hold out at least this many documents."})
     eval_documents: int = field(
-        default=40,
+        default=50,
         metadata={"help": "Documents held out as the eval split, after validation's: model_evaluation.py's multiple-choice "
-                  "items come from them and validation's (50 documents give its 400 items a standard error of at most "
-                  "~0.03); never trained on. 0: no eval split."},
+                  "items come from them and validation's (60 documents give its 450 items a standard error of at most "
+                  "0.03); never trained on. 0: no eval split."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the train/validation split."})
     batch_size: int = field(default=1_000, metadata={"help": "Documents read and tokenized per batch."})

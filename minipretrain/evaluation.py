@@ -136,12 +136,21 @@ def _log_probs(model, ids, where_rows, where_cols, targets, head_chunk: int, pre
     """log p(targets[k] | the sequence up to position where_cols[k] of row where_rows[k]), for every
     k, in float32. The head runs on head_chunk positions at a time, so the logits in memory are at
     most head_chunk x vocabulary floats, whatever the batch; it runs in float32 in either precision
-    (bfloat16 logits would round a logit of 20 by up to 0.06)."""
+    (bfloat16 logits would round a logit of 20 by up to 0.06). A model whose head cannot be called
+    apart runs whole on as many rows as make head_chunk positions (at least one row: its logits are
+    then at most max(head_chunk, sequence length) x vocabulary)."""
     split = _body_and_head(model)
     if split is None:
-        with _autocast(model, precision):
-            logits = model(input_ids=ids, use_cache=False, **inputs).logits[where_rows, where_cols]
-        return torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0]
+        out = torch.empty(len(targets), dtype=torch.float32, device=targets.device)
+        step = max(1, head_chunk // ids.shape[1])
+        for first in range(0, len(ids), step):
+            here = (where_rows >= first) & (where_rows < first + step)
+            rows_inputs = {name: value[first : first + step] for name, value in inputs.items()}
+            with _autocast(model, precision):
+                logits = model(input_ids=ids[first : first + step], use_cache=False, **rows_inputs).logits
+            logits = logits[where_rows[here] - first, where_cols[here]].float()
+            out[here] = torch.log_softmax(logits, -1).gather(1, targets[here][:, None])[:, 0]
+        return out
     body, head = split
     with _autocast(model, precision):
         hidden = body(input_ids=ids, use_cache=False, **inputs).last_hidden_state[where_rows, where_cols]
@@ -392,9 +401,9 @@ def _standard_errors(correct: np.ndarray, groups: np.ndarray) -> tuple[float, fl
 
 
 # The correlation between two items of one document being answered right, assumed for the
-# standard error an item set can promise before any model has answered (se_at_half). Measured on the
-# default corpus (README, "Stage 5"): about 0.03; 0.05 leaves a margin.
-WITHIN_DOCUMENT_CORRELATION = 0.05
+# standard error an item set can promise before any model has answered (se_at_half): the largest of
+# the eight values the default run's standard errors implied (0.015-0.071; README, "Stage 5").
+WITHIN_DOCUMENT_CORRELATION = 0.07
 
 
 def se_at_half(items_per_document, rho: float = WITHIN_DOCUMENT_CORRELATION) -> tuple[float, float]:
