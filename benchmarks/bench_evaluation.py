@@ -145,7 +145,8 @@ def fidelity(s: BenchSettings) -> list[dict]:
             print(f"{label} {precision}: {times}", flush=True)
         (l32, s32, d32, t32), (l16, s16, d16, t16) = found["fp32"], found["bf16"]
         row = {"model": label, "threads": torch.get_num_threads(), "fp32": t32, "bf16": t16,
-               "positions": {"perplexity": int(blocks.size), "items": sum(len(c) + sum(map(len, cs)) for c, cs in ev.encode_items(tokenizer, items))},
+               "positions": {"perplexity": int(blocks.shape[0] * (blocks.shape[1] - 1)),  # what the model reads (no last tokens)
+                             "items": sum(len(c) + sum(len(x) - 1 for x in cs) for c, cs in ev.encode_items(tokenizer, items))},
                "token_loss_abs_diff": {"max": round(float(np.abs(l16 - l32).max()), 4), "mean": round(float(np.abs(l16 - l32).mean()), 5)},
                "choice_loglik_abs_diff": {"max": round(float(np.abs(s16 - s32).max()), 4), "mean": round(float(np.abs(s16 - s32).mean()), 5)}}
         for name, sums in (("fp32", d32), ("bf16", d16)):
