@@ -51,7 +51,7 @@ def loss_curves(run_dir: Path) -> tuple[list, list]:
     return train, [(v["step"], v["loss"]) for v in history]
 
 
-def plot(curves: dict, path: Path, steps: int) -> None:
+def plot(curves: dict, path: Path, steps: int, base: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,25 +67,32 @@ def plot(curves: dict, path: Path, steps: int) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
-    axes[0].set_title("all four (random starts at ~ln 49,152 = 10.8)")
+    axes[0].set_title("all four (random weights start near ln(vocabulary size))")
     axes[1].set_title("without random")
     axes[1].legend(fontsize=8, ncol=2)
-    fig.suptitle(f"SmolLM2-135M prepared four ways, {steps} steps of 2 x 32 tokens each (training: mean of 3 steps)")
+    fig.suptitle(f"{base} prepared four ways, {steps} steps of 2 x 32 tokens each (training: mean of 3 steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| strategy | layers | parameters | model | perplexity [95% CI] | bits/byte [95% CI] | accuracy ± SE | acc_norm ± SE | wall time |",
-             "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| strategy | layers | parameters | model | perplexity [95% CI] | bits/byte [95% CI] | accuracy ± SE | acc_norm ± SE "
+             "| minus the base, paired: bits/byte [95% CI]; accuracy ± SE | wall time |",
+             "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         p, c = r["perplexity"], r["multiple_choice"]
+        if "versus_first" in r:
+            b, m = r["versus_first"]["bits_per_byte"], r["versus_first"]["multiple_choice"]
+            versus = (f"{b['bits_per_byte']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]; "
+                      f"{m['acc_minus_reference']:+.3f} ± {m['acc_minus_reference_se_by_document']:.3f}")
+        else:
+            versus = "(the base: the first model evaluated)"
         lines.append(
             f"| {r['strategy']} | {r['layers']} | {r['parameters'] / 1e6:.1f}M | {r['stage']} | {p['perplexity']:,.1f} "
             f"[{p['perplexity_ci95'][0]:,.1f}, {p['perplexity_ci95'][1]:,.1f}] | {p['bits_per_byte']:.3f} [{p['bits_per_byte_ci95'][0]:.3f}, "
             f"{p['bits_per_byte_ci95'][1]:.3f}] | {c['acc']:.3f} ± {c['acc_se_by_document']:.3f} | {c['acc_norm']:.3f} ± "
-            f"{c['acc_norm_se_by_document']:.3f} | {r['wall']} |"
+            f"{c['acc_norm_se_by_document']:.3f} | {versus} | {r['wall']} |"
         )
     return "\n".join(lines)
 
@@ -96,6 +103,7 @@ def main() -> int:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--output_dir", default="work/experiments/four-ways")
     parser.add_argument("--packed_dir", default="work/packed", help="Stage 2's output (made on the defaults when it is the default).")
+    parser.add_argument("--base", default="", help="Stage 3's --base (default: its own, SmolLM2-135M); its tokenizer must be the packed data's.")
     options = parser.parse_args()
     if options.max_steps < 1:
         parser.error("--max_steps must be at least 1")
@@ -105,25 +113,30 @@ def main() -> int:
     if options.packed_dir == "work/packed":
         walls["data"] = run("data_preparation.py") + run("data_packaging.py")
     for s in options.strategies:
+        base = ["--base", options.base] if options.base else []
         walls[s] = {"prepare": run("model_preparation.py", "--strategy", s, "--output_dir", out / "models" / s,
-                                   "--packed_dir", options.packed_dir, "--eval_blocks", 0)}
+                                   "--packed_dir", options.packed_dir, "--eval_blocks", 0, *base)}
         walls[s]["train"] = run("model_training.py", "--model_dir", out / "models" / s, "--output_dir", out / "runs" / s,
                                 "--packed_dir", options.packed_dir, "--max_steps", options.max_steps,
                                 "--eval_steps", max(1, options.max_steps // 3))
-    models = [out / kind / s for s in options.strategies for kind in ("models", "runs")]
-    labels = [f"{s} {'prepared' if kind == 'models' else 'trained'}" for s in options.strategies for kind in ("models", "runs")]
+    # The base as it is ("load", before training) goes first: stage 5 compares every model with its first
+    # one, paired on the same documents and items, so each row gets its difference from the base.
+    order = [(s, kind) for s in options.strategies for kind in ("models", "runs")]
+    order.sort(key=lambda p: p != ("load", "models"))
+    models = [out / kind / s for s, kind in order]
+    labels = [f"{s} {'prepared' if kind == 'models' else 'trained'}" for s, kind in order]
     evaluate_wall = run("model_evaluation.py", "--models", *models, "--labels", *labels, "--packed_dir", options.packed_dir,
                         "--output_dir", out / "evaluation")
 
     results = json.loads((out / "evaluation/results.json").read_text())
     rows = []
-    for i, r in enumerate(results["models"]):
-        s, trained = options.strategies[i // 2], i % 2 == 1
+    for (s, kind), r in sorted(zip(order, results["models"]), key=lambda p: (options.strategies.index(p[0][0]), p[0][1])):
+        trained = kind == "runs"
         wall = f"train {walls[s]['train']:.0f} s" if trained else f"prepare {walls[s]['prepare']:.0f} s"
         rows.append(r | {"strategy": s, "stage": f"after {options.max_steps} steps" if trained else "before training",
                          "wall": f"{wall}, evaluate {r['seconds']['total']:.0f} s"})
     curves = {s: loss_curves(out / "runs" / s) for s in options.strategies}
-    plot(curves, out / "losses.png", options.max_steps)
+    plot(curves, out / "losses.png", options.max_steps, Path(options.base).name if options.base else "SmolLM2-135M")
     text = table(rows)
     (out / "results.md").write_text(text + "\n", encoding="utf-8")
     total = round(time.perf_counter() - started, 1)

@@ -137,3 +137,39 @@ def test_a_second_run_of_the_pipeline_is_identical(base_dir, first_run):
     finally:
         shutil.rmtree(cwd / "work", ignore_errors=True)
         kept.rename(cwd / "work")
+
+
+def test_four_way_experiment(base_dir, first_run, tmp_path):
+    """python3 run.py experiment on the tiny base: the four strategies prepared, trained alike and
+    evaluated, the base as it is first so that every other row carries its paired difference from it."""
+    (_, packed, _, _), _ = first_run
+    out = tmp_path / "four-ways"
+    printed = run("experiments/four_ways.py", "--base", base_dir, "--packed_dir", packed, "--max_steps", 3,
+                  "--output_dir", out, cwd=tmp_path)
+    summary = json.loads((out / "results.json").read_text())
+    rows = summary["rows"]
+    assert [(r["strategy"], r["stage"]) for r in rows] == [
+        (s, stage) for s in ("random", "load", "downscale", "upscale") for stage in ("before training", "after 3 steps")]
+    assert [r["layers"] for r in rows] == [3, 3, 3, 3, 2, 2, 4, 4]
+    assert rows[0]["parameters"] == rows[2]["parameters"] > rows[4]["parameters"]
+
+    # the evaluation's reference (its first model) is the loaded base before training
+    evaluation = json.loads((out / "evaluation/results.json").read_text())["models"]
+    assert evaluation[0]["model"] == str(out / "models/load")
+    base = rows[2]
+    assert "versus_first" not in base and "(the base" in (out / "results.md").read_text().splitlines()[4]
+    for r in rows[:2] + rows[3:]:
+        got = r["versus_first"]["bits_per_byte"]["bits_per_byte"]
+        assert got == pytest.approx(r["perplexity"]["bits_per_byte"] - base["perplexity"]["bits_per_byte"], abs=2e-5)
+        assert r["versus_first"]["multiple_choice"]["acc_minus_reference"] == pytest.approx(
+            r["multiple_choice"]["acc"] - base["multiple_choice"]["acc"], abs=2e-5)
+
+    # trained alike: the same steps, seed and data for every strategy; four curves in the chart
+    runs = [manifest(out / "runs" / s) for s in ("random", "load", "downscale", "upscale")]
+    assert len({json.dumps(m["inputs"]["packed"]) for m in runs}) == 1
+    for m in runs:
+        assert m["settings"]["max_steps"] == 3 and m["settings"]["seed"] == runs[0]["settings"]["seed"]
+    assert set(summary["loss_curves"]) == {"random", "load", "downscale", "upscale"}
+    assert all(len(summary["loss_curves"][s][0]) == 1 for s in summary["loss_curves"])  # step 3, logged every 3
+    assert (out / "losses.png").stat().st_size > 10_000 and len((out / "results.md").read_text().splitlines()) == 2 + 8
+    assert "wall time:" in printed
