@@ -96,6 +96,7 @@ from minipretrain.training import (
     comparable_settings,
     evaluations,
     keep_freed_memory,
+    leave_process_group,
     model_fingerprint,
     plot_losses,
     prepare_run_dir,
@@ -307,14 +308,18 @@ def main(argv=None):
     s = parse_settings(Settings, argv, CHECKS)
     if s.resume and s.overwrite:
         raise UserError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
+    finished = False
     try:
         report = train(s)
+        finished = True
     except Exception as e:  # a full disk or read-only run folder while saving: one line, not a traceback
         failure = write_failure(e)
         if failure is None:
             raise
         raise UserError(f"{s.output_dir}: writing the run failed ({failure}); its complete checkpoints stay: "
                         "once it can be written (space, permissions), the same command continues from the latest one") from None
+    finally:
+        leave_process_group(all_here=finished)
     if report and "stopped_at" in report:
         print(
             f"stopped at step {report['stopped_at']} of {s.max_steps} ({report['signal']}); saved {report['checkpoint']}; "

@@ -538,3 +538,15 @@ def speed_report(s: TrainingArguments, trainer, monitor: Monitor, model, block_s
             "mfu": round(achieved / (peak * s.world_size), 4) if peak else None,
         }
     return report
+
+
+def leave_process_group(all_here: bool) -> None:
+    """End this process's part in a distributed run (torchrun) before it exits. Left to the
+    interpreter's exit, gloo's threads sometimes abort a process whose work is done (SIGABRT,
+    "terminate called without an active exception"); its launcher then reports the node as failed and
+    the other nodes' launchers wait for it. all_here: every process finished train() (a barrier
+    first, so that none leaves while process 0 still writes the run folder); after an error, no wait."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if all_here:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
