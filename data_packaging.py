@@ -57,7 +57,6 @@ from minipretrain.packing import (
     BlockWriter,
     TokenizeJob,
     chop,
-    cut_units,
     document_stream,
     split_hashes,
     stream_start,
@@ -77,7 +76,7 @@ from minipretrain.settings import (
     parse_settings,
     run_main,
 )
-from minipretrain.sources import parquet_batches
+from minipretrain.sources import cut_units, parquet_batches
 from minipretrain.stages import read_manifest, stage_output, unit_done
 from minipretrain.tokenization import load_tokenizer, tokenize, tokenizer_info  # noqa: F401 (tokenize: tests, benchmarks)
 
@@ -238,7 +237,8 @@ def pack(files: list[Path], documents: int, tokenizer, boundaries: tuple[int, in
     splits = SPLITS + (("eval",) if held_out is not None else ())
 
     # Tokenizing, in units on s.engine; the units a killed run finished are kept.
-    units = cut_units(files, rows, s.unit_documents)
+    # absolute paths, for workers that run elsewhere
+    units = cut_units([(str(Path(f).absolute()), n) for f, n in zip(files, rows)], s.unit_documents)
     sizes = [sum(end - start for _, start, end in pieces) for pieces in units]
     common = {"units": str(out.units.absolute()), "seed": s.seed, "validation": threshold, "held_out": held_out, "batch_size": s.batch_size}
     todo = [(i, {"index": i, "pieces": pieces, **common}) for i, pieces in enumerate(units) if not unit_done(out.units, i)]

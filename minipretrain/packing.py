@@ -124,24 +124,6 @@ def split_codes(hashes: np.ndarray, validation: int, held_out: int | None) -> np
     return codes
 
 
-def cut_units(files: list[Path], rows: list[int], unit_documents: int) -> list[list[tuple[str, int, int]]]:
-    """The units: each a list of (file, first row, end row) pieces, `unit_documents` rows in all
-    (the last unit fewer). Files are absolute paths, for workers that run elsewhere."""
-    units, pieces, room = [], [], unit_documents
-    for f, n in zip(files, rows):
-        start = 0
-        while start < n:
-            take = min(room, n - start)
-            pieces.append((str(Path(f).absolute()), start, start + take))
-            start, room = start + take, room - take
-            if room == 0:
-                units.append(pieces)
-                pieces, room = [], unit_documents
-    if pieces:
-        units.append(pieces)
-    return units
-
-
 @dataclass
 class TokenizeJob:
     """What run_units and its workers need: where to run (the stage's engine, num_proc and
@@ -168,7 +150,7 @@ def unit_tokenizer(job: TokenizeJob):
 
 def tokenize_unit(unit: dict, tokenizer) -> dict:
     """run_units' work: read, tokenize and split one unit's documents and write its unit file.
-    unit: index, units (the folder), pieces (cut_units), seed, validation and held_out (the split
+    unit: index, units (the folder), pieces (sources.cut_units: absolute file paths, first row, end row), seed, validation and held_out (the split
     thresholds), batch_size (documents per tokenizer call)."""
     import pyarrow as pa
 

@@ -252,31 +252,36 @@ def count_records(kind: str, what, s) -> int | None:
     return lines
 
 
-def plan_units(plan, s, size: int) -> list[list[tuple]]:
-    """The units of a run: lists of pieces (source number, start, stop) of about `size` records,
-    in corpus order. A URL is a unit of its own (a stream cannot skip ahead; hf: datasets are
-    saved as Parquet first, stage_hf_datasets)."""
+def cut_units(counts: list[tuple], size: int) -> list[list[tuple]]:
+    """Cut (key, record count) sources, in order, into units: lists of pieces (key, start, stop) of
+    `size` records in all (the last unit fewer). A count of None (a stream that cannot skip ahead)
+    is a unit of its own, (key, 0, None)."""
     units, current, room = [], [], size
-    for number, (kind, what) in enumerate(plan):
-        count = count_records(kind, what, s)
+    for key, count in counts:
         if count is None:
             if current:
                 units.append(current)
-            units.append([(number, 0, None)])
+            units.append([(key, 0, None)])
             current, room = [], size
             continue
         start = 0
         while start < count:
             take = min(room, count - start)
-            current.append((number, start, start + take))
-            start += take
-            room -= take
+            current.append((key, start, start + take))
+            start, room = start + take, room - take
             if room == 0:
                 units.append(current)
                 current, room = [], size
     if current:
         units.append(current)
     return units
+
+
+def plan_units(plan, s, size: int) -> list[list[tuple]]:
+    """The units of a run: lists of pieces (source number, start, stop) of about `size` records,
+    in corpus order. A URL is a unit of its own (a stream cannot skip ahead; hf: datasets are
+    saved as Parquet first, stage_hf_datasets)."""
+    return cut_units([(number, count_records(kind, what, s)) for number, (kind, what) in enumerate(plan)], size)
 
 
 def stage_hf_datasets(plan, s, folder: Path) -> list:
