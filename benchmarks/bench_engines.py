@@ -360,6 +360,22 @@ def show(name: str, r: int, m: dict) -> None:
     print(f"  {name} run {r + 1}: " + ", ".join(parts) + f"; load {m['load']:.2f}", flush=True)
 
 
+def measure_rounds(a, commands: dict) -> tuple[dict, dict, bool]:
+    """Each contender (key -> (label, output folder, command)) run in turn, a.repeats rounds, from an
+    empty output folder, its log beside it; (every run by key, the fastest by key, whether every
+    run's cleaned Parquet had the same sha256)."""
+    runs = {key: [] for key in commands}
+    for r in range(a.repeats):
+        for key, (label, out, command) in commands.items():
+            shutil.rmtree(out, ignore_errors=True)
+            m = run_measured(command, out.parent / f"{out.name}.log")
+            m["sha256"] = cleaned_sha256(out)
+            show(label, r, m)
+            runs[key].append(m)
+    best = {key: min(rs, key=lambda m: m["wall_s"]) for key, rs in runs.items()}
+    return runs, best, len({m["sha256"] for rs in runs.values() for m in rs}) == 1
+
+
 # ----------------------------------------------------------------------------------------------
 # The three experiments
 
@@ -369,22 +385,15 @@ def compare(a, work: Path) -> dict:
     results = {}
     for docs in a.docs:
         corpus = corpus_for(docs)
-        runs = {name: [] for name in a.only}
-        for r in range(a.repeats):
-            for name in a.only:
-                engine, suffix = name.split("-", 1)[0], name[len(name.split("-", 1)[0]):]
-                tree = trees[suffix]
-                if tree is None:
-                    sys.exit(f"error: {name} needs --base")
-                out = work / f"{name}-{docs // 1000}k"
-                shutil.rmtree(out, ignore_errors=True)
-                m = run_measured(stage_command(tree, corpus, out, engine, ["--overwrite"]), work / f"{name}-{docs // 1000}k.log")
-                m["sha256"] = cleaned_sha256(out)
-                show(f"{name} {docs // 1000}k", r, m)
-                runs[name].append(m)
-        best = {name: min(rs, key=lambda m: m["wall_s"]) for name, rs in runs.items()}
-        shas = {m["sha256"] for rs in runs.values() for m in rs}
-        print(f"\n{docs:,} pages: best of {a.repeats}; cleaned Parquet {'identical in every run' if len(shas) == 1 else 'DIFFERS: ' + str(shas)}")
+        commands = {}
+        for name in a.only:
+            engine, suffix = name.split("-", 1)[0], name[len(name.split("-", 1)[0]):]
+            if trees[suffix] is None:
+                sys.exit(f"error: {name} needs --base")
+            out = work / f"{name}-{docs // 1000}k"
+            commands[name] = (f"{name} {docs // 1000}k", out, stage_command(trees[suffix], corpus, out, engine, ["--overwrite"]))
+        runs, best, identical = measure_rounds(a, commands)
+        print(f"\n{docs:,} pages: best of {a.repeats}; cleaned Parquet {'identical in every run' if identical else 'DIFFERS'}")
         print(f"{'contender':<12} {'wall s':>7} {'CPU s':>6} {'peak MB':>8} {'start-up':>8} {'plan':>5} {'units':>6} {'dedup':>6} "
               f"{'write':>6} {'docs/s/worker':>13} {'load':>5}")
         for name, m in best.items():
@@ -396,7 +405,7 @@ def compare(a, work: Path) -> dict:
                 per_round = ", ".join(f"{x['wall_s'] / y['wall_s']:.2f}x" for x, y in zip(runs[slow], runs[fast]))
                 print(f"  {slow} / {fast}: {best[slow]['wall_s'] / best[fast]['wall_s']:.2f}x wall "
                       f"(per round: {per_round})")
-        results[docs] = {"runs": runs, "best": best, "identical": len(shas) == 1}
+        results[docs] = {"runs": runs, "best": best, "identical": identical}
     return results
 
 
@@ -437,25 +446,17 @@ def resume(a, work: Path) -> dict:
 
 def units(a, work: Path) -> dict:
     corpus = corpus_for(a.docs[0])
-    runs = {n: [] for n in a.unit_documents}
-    for r in range(a.repeats):
-        for n in a.unit_documents:
-            out = work / f"units-{n}"
-            shutil.rmtree(out, ignore_errors=True)
-            m = run_measured(stage_command(PROJECT_DIR, corpus, out, "local", ["--overwrite", "--unit_documents", str(n)]),
-                             work / f"units-{n}.log")
-            m["sha256"] = cleaned_sha256(out)
-            show(f"unit_documents {n}", r, m)
-            runs[n].append(m)
-    best = {n: min(rs, key=lambda m: m["wall_s"]) for n, rs in runs.items()}
-    shas = {m["sha256"] for rs in runs.values() for m in rs}
-    print(f"\nbest of {a.repeats}; cleaned Parquet {'identical in every run' if len(shas) == 1 else 'DIFFERS'}")
+    commands = {n: (f"unit_documents {n}", work / f"units-{n}",
+                    stage_command(PROJECT_DIR, corpus, work / f"units-{n}", "local", ["--overwrite", "--unit_documents", str(n)]))
+                for n in a.unit_documents}
+    runs, best, identical = measure_rounds(a, commands)
+    print(f"\nbest of {a.repeats}; cleaned Parquet {'identical in every run' if identical else 'DIFFERS'}")
     print(f"{'unit_documents':>14} {'units':>6} {'wall s':>7} {'CPU s':>6} {'plan s':>6} {'units s':>7} {'skipping s':>10} "
           f"{'unit s':>6} {'dedup s':>7} {'write s':>7} {'load':>5}")
     for n, m in best.items():
         print(f"{n:>14} {m['units_done']:>6} {m['wall_s']:7.1f} {m['cpu_s']:6.0f} {m['plan_units_s']:6.2f} {m['units_s']:7.1f} "
               f"{m['skip_s']:10.2f} {m['unit_s_mean']:6.2f} {m['dedup_s']:7.2f} {m['write_kept_s']:7.2f} {m['load']:5.2f}")
-    return {"runs": runs, "best": best, "identical": len(shas) == 1}
+    return {"runs": runs, "best": best, "identical": identical}
 
 
 def main(argv=None):
