@@ -221,7 +221,6 @@ def write_kept(units, exact: set, near: dict, sources: list, s: Settings, out) -
                 for reason, n in r["reasons"].items():
                     st["reasons"][reason] = st["reasons"].get(reason, 0) + n
                 st["examples"] += r["examples"][: s.examples_per_filter - len(st["examples"])]
-            kept_rows = []
             for doc in table.to_pylist():
                 order = doc.pop("order")
                 if order in targets:
@@ -233,19 +232,16 @@ def write_kept(units, exact: set, near: dict, sources: list, s: Settings, out) -
                 elif doc["language"] is not None:
                     remove(doc, "language", doc["language"])
                 else:
-                    kept_rows.append(doc)
-            pending += [{k: d.get(k) for k in schema.names} for d in kept_rows]
-            if len(pending) < ROW_GROUP_ROWS and i != units[-1][0]:
-                continue  # row groups of ROW_GROUP_ROWS documents whatever the units: the same bytes for any unit size
-            out_rows, pending = pending, []
-            while out_rows:
+                    pending.append({k: doc.get(k) for k in schema.names})
+            # row groups of ROW_GROUP_ROWS documents (fewer at a shard's end) whatever the units: a short
+            # group waits for the next unit's rows, so the files are the same bytes for any unit size
+            while pending:
                 room = min(s.rows_per_shard - rows_in_shard, ROW_GROUP_ROWS)
-                if len(out_rows) < room and i != units[-1][0]:
-                    pending = out_rows  # a short group waits for the next unit's rows: groups never follow unit boundaries
+                if len(pending) < room and i != units[-1][0]:
                     break
                 if writer is None:
                     writer = pq.ParquetWriter(out.path / f"cleaned-{shard:05d}.parquet", schema, compression="zstd")
-                take, out_rows = out_rows[:room], out_rows[room:]
+                take, pending = pending[:room], pending[room:]
                 writer.write_table(pa.Table.from_pylist(take, schema=schema))
                 for doc in take:
                     kept["documents"] += 1

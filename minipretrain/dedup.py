@@ -136,8 +136,6 @@ def find_duplicates(texts: list[str], near: MinHashBands | None = None) -> tuple
 
 def _digest_matrix(column) -> np.ndarray:
     """A pyarrow binary(16) column -> (n, 2) uint64."""
-    import numpy as np
-
     arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[arr.offset * 16 : (arr.offset + len(arr)) * 16]
     return data.view("<u8").reshape(-1, 2)
@@ -145,8 +143,6 @@ def _digest_matrix(column) -> np.ndarray:
 
 def _band_matrix(column, bands: int) -> np.ndarray:
     """A pyarrow fixed_size_list<uint64>[bands] column -> (n, bands) uint64."""
-    import numpy as np
-
     arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.uint64).reshape(-1, bands)
 
@@ -154,8 +150,6 @@ def _band_matrix(column, bands: int) -> np.ndarray:
 def first_of_each_key(keys: np.ndarray) -> np.ndarray:
     """For rows in corpus order, the row number of the first row with the same key (rows of a 2-D
     array compare whole)."""
-    import numpy as np
-
     _, first, inverse = np.unique(keys, axis=0 if keys.ndim == 2 else None, return_index=True, return_inverse=True)
     return first[inverse.reshape(-1)]
 
@@ -164,7 +158,6 @@ def duplicates_local(tables, bands: int | None) -> tuple[set[int], dict[int, int
     """(orders of exact duplicates, {order of a near-duplicate: order of the earliest document it
     shares a band with}) over `tables` (each with order, digest and, with `bands`, bands columns)
     in corpus order."""
-    import numpy as np
     import pyarrow as pa
 
     tables = [t for t in tables if t.num_rows]
@@ -198,7 +191,6 @@ def duplicates_ray(files: list, bands: int | None, cpus: int) -> tuple[set[int],
     those duplicates_local finds among non-copies, and the copies' own band pairs are dropped
     here. One shuffle, not two, because each costs new worker processes for its map and its
     reduce tasks, which was most of this step's time (benchmarks/RESULTS.md, stage 1 on Ray)."""
-    import numpy as np
     import pyarrow as pa
 
     files = [os.path.abspath(f) for f in files]  # the same path on every node (shared storage)
@@ -255,12 +247,11 @@ def _rows(path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _firsts_in_partition(batch, key: list[str], tag: str | None = None):
-    """Inside one partition of a key shuffle: (order, order of the key's first row) for every row
-    that is not its key's first, and a marker row per partition seen (order -1), so the driver can
-    check that no partition was split over two blocks (which would miss pairs across them). With
-    `tag` (a column of the key), each pair keeps that column too: what kind of key made it."""
-    import numpy as np
+def _firsts_in_partition(batch, key: list[str], tag: str):
+    """Inside one partition of a key shuffle: (order, order of the key's first row, its `tag`: the
+    column of the key that says what kind of key made the pair) for every row that is not its key's
+    first, and a marker row per partition seen (order -1), so the driver can check that no partition
+    was split over two blocks (which would miss pairs across them)."""
     import pyarrow as pa
 
     order = batch.column("order").to_numpy()
@@ -275,10 +266,9 @@ def _firsts_in_partition(batch, key: list[str], tag: str | None = None):
     start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
     later = ~new
     marks = np.unique(batch.column("part").to_numpy())
-    pairs = {"order": np.concatenate([order[later], np.full(len(marks), -1)]), "first": np.concatenate([order[start[later]], marks])}
-    if tag is not None:
-        pairs["tag"] = np.concatenate([batch.column(tag).to_numpy()[sort][later], np.zeros(len(marks), dtype=np.int64)])
-    return pa.table(pairs)
+    return pa.table({"order": np.concatenate([order[later], np.full(len(marks), -1)]),
+                     "first": np.concatenate([order[start[later]], marks]),
+                     "tag": np.concatenate([batch.column(tag).to_numpy()[sort][later], np.zeros(len(marks), dtype=np.int64)])})
 
 
 def _collect(ds) -> tuple[dict[int, int], dict[int, int]]:
