@@ -11,7 +11,8 @@ packed data (stages 1 and 2 run first on their defaults; they skip when up to da
 2. model_training.py: each trained for the same steps on the same blocks with the same seed,
    validating on the same 32 blocks every max_steps/3 steps;
 3. model_evaluation.py: the eight models (each prepared and trained) on the same held-out data:
-   perplexity and bits per byte with 95% intervals, multiple-choice accuracy with standard errors.
+   perplexity and bits per byte with 95% intervals, multiple-choice accuracy with standard errors,
+   and each model's difference from the base as it is ("load", before training), paired.
 
 Output (work/experiments/four-ways/): models/S/, runs/S/, evaluation/ (the stages' own outputs),
 results.md (the table), losses.png (the four training and validation loss curves), results.json.
